@@ -1,0 +1,93 @@
+"""The one source of class names, label values, windows and default model settings.
+
+Everything that needs a class order, a lung label value or a default window imports it from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Final
+
+
+class Diagnosis(IntEnum):
+    """Patient and slice classes, in the order used everywhere (probability columns, confusion matrices)."""
+
+    NORMAL = 0
+    CAP = 1
+    COVID19 = 2
+
+
+#: Machine names of the classes, index = ``Diagnosis`` value.
+CLASS_NAMES: Final[tuple[str, ...]] = ("normal", "cap", "covid19")
+#: Human names of the classes, index = ``Diagnosis`` value.
+DISPLAY_NAMES: Final[tuple[str, ...]] = ("Normal", "CAP", "COVID-19")
+NUM_CLASSES: Final[int] = len(CLASS_NAMES)
+
+
+def class_index(name: str) -> int:
+    """Index of a class from its machine or display name (case-insensitive, ``covid-19`` accepted)."""
+    key = name.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    aliases = {"normal": 0, "cap": 1, "pneumonia": 1, "covid19": 2, "covid": 2}
+    if key not in aliases:
+        raise ValueError(f"unknown class {name!r}: use one of {', '.join(CLASS_NAMES)}")
+    return aliases[key]
+
+
+class LungLabel(IntEnum):
+    """Values of a lung mask (uint8), the lungmask convention. Right = the patient's right."""
+
+    BACKGROUND = 0
+    RIGHT = 1
+    LEFT = 2
+
+
+LUNG_LABEL_NAMES: Final[dict[int, str]] = {0: "background", 1: "right_lung", 2: "left_lung"}
+
+#: COVID-CT-MD lobe order of the lobe-level label arrays (last axis).
+LOBES: Final[tuple[str, ...]] = ("LLL", "LUL", "RLL", "RML", "RUL")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A display window in Hounsfield units."""
+
+    level: float
+    width: float
+
+    @property
+    def low(self) -> float:
+        return self.level - self.width / 2
+
+    @property
+    def high(self) -> float:
+        return self.level + self.width / 2
+
+
+LUNG_WINDOW: Final[Window] = Window(level=-600.0, width=1200.0)
+MEDIASTINAL_WINDOW: Final[Window] = Window(level=50.0, width=350.0)
+
+#: HU given to padding and out-of-field pixels.
+AIR_HU: Final[int] = -1024
+
+# --- the paper's patient rule -------------------------------------------------------------------
+#: Fraction of the slice sequence dropped at the superior end (head) and at the inferior end (tail).
+TRUNCATE_HEAD: Final[float] = 0.10
+TRUNCATE_TAIL: Final[float] = 0.14
+#: If normal has the most slices but COVID-19 + CAP exceed this fraction of the kept sequence, answer the larger.
+ABNORMAL_FRACTION_THRESHOLD: Final[float] = 0.20
+
+# --- default model settings ---------------------------------------------------------------------
+CLASSIFIER_IMAGE_SIZE: Final[int] = 224
+CLASSIFIER_ARCH: Final[str] = "resnet50"
+SEGMENTER_IMAGE_SIZE: Final[int] = 256
+
+#: Folder names of the COVID-CT-MD releases, class -> accepted spellings (compared case-insensitively).
+DATASET_FOLDERS: Final[dict[str, tuple[str, ...]]] = {
+    "covid19": ("COVID-19 subjects", "COVID-19 Cases", "COVID-19"),
+    "cap": ("CAP subjects", "Cap subjects", "Cap Cases", "CAP Cases", "CAP"),
+    "normal": ("Normal subjects", "Normal Cases", "Normal"),
+}
+
+#: Bundle format version written to ``model.json``; loading refuses other major versions.
+BUNDLE_FORMAT_VERSION: Final[str] = "1.0"
