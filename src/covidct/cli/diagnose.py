@@ -1,0 +1,122 @@
+"""``covidct diagnose``: one or many studies to a diagnosis, a JSON per study and pictures."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from covidct.errors import CovidCTError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "diagnose",
+        help="diagnose chest CT studies (normal / CAP / COVID-19)",
+        description="Segment the lungs, classify every kept slice and apply the patient rule. "
+        "A research tool, not a medical device.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder, zip, multi-frame file or NIfTI")
+    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="pipeline folder with model.json")
+    p.add_argument("-o", "--output", metavar="OUT_DIR", help="write <study>.json (and pictures) here")
+    p.add_argument("--json", action="store_true", help="print each study's JSON document on stdout")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--backend", default="auto", help="classifier backend: auto, torch, onnx, ...")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: cores)")
+    p.add_argument("--classify-all", action="store_true", help="also classify the slices the rule drops")
+    p.add_argument("--no-strip", action="store_true", help="do not draw the slice-strip figure")
+    p.add_argument("--report", choices=["html"], help="also write a self-contained report per study")
+    p.add_argument("--dicom-seg", action="store_true", help="also write the lung mask as DICOM SEG")
+    p.add_argument("--save-mask", action="store_true", help="also write the lung mask as NIfTI")
+    p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def study_stem(path: str) -> str:
+    """A file-name-safe name for a study's outputs, from its path."""
+    name = Path(path.rstrip("/")).name or "study"
+    for suffix in (".nii.gz", ".nii", ".zip", ".nrrd", ".mha", ".dcm"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
+    tmp.replace(path)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from covidct.diagnose import Diagnoser
+
+    if args.batch_size < 1:
+        raise CovidCTError(f"--batch-size must be >= 1, got {args.batch_size}")
+    out_dir = Path(args.output) if args.output else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    diagnoser = Diagnoser(
+        args.model,
+        device=args.device,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        classify_all=args.classify_all,
+        workers=args.workers,
+    )
+    failures = 0
+    bar = tqdm(args.inputs, desc="studies", unit="study", disable=args.no_progress or len(args.inputs) < 2)
+    used_stems: set[str] = set()
+    for source in bar:
+        try:
+            result = diagnoser.diagnose(source)
+        except CovidCTError as exc:
+            failures += 1
+            tqdm.write(f"{source}: FAILED: {exc}", file=sys.stderr)
+            continue
+        doc = result.to_json()
+        d = result.decision
+        tqdm.write(
+            f"{source}: {d.diagnosis}  ({d.explain()})  [{result.timing_s.get('total', 0.0):.1f} s]",
+            file=sys.stderr,
+        )
+        if args.json:
+            print(json.dumps(doc, allow_nan=False))
+        if out_dir is None:
+            continue
+        stem = study_stem(source)
+        while stem in used_stems:
+            stem += "_"
+        used_stems.add(stem)
+        _write_json(out_dir / f"{stem}.json", doc)
+        _write_extras(result, out_dir, stem, args, diagnoser)
+    if failures:
+        print(f"covidct diagnose: {failures} of {len(args.inputs)} studies failed", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _write_extras(result: Any, out_dir: Path, stem: str, args: argparse.Namespace, diagnoser: Any) -> None:
+    if not args.no_strip:
+        from covidct.report.strip import slice_strip
+
+        slice_strip(result, out_dir / f"{stem}_strip.png")
+    if args.save_mask:
+        result.volume.save(out_dir / f"{stem}_lungmask.nii.gz", array=result.mask)
+    if args.report == "html":
+        from covidct.report.html import write_report
+
+        write_report(result, out_dir / f"{stem}_report.html", diagnoser=diagnoser, show_phi=args.show_phi)
+    if args.dicom_seg:
+        from covidct.report.dicom_seg import write_dicom_seg
+
+        write_dicom_seg(result.volume, result.mask, out_dir / f"{stem}_seg.dcm")
