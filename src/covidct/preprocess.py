@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
 import numpy as np
 
-from covidct.registry import LUNG_WINDOW, Window
+from covidct.registry import CLASSIFIER_IMAGE_SIZE, LUNG_WINDOW, SEGMENTER_IMAGE_SIZE, Window
+
+if TYPE_CHECKING:
+    from covidct.io.volume import CTVolume
 
 
 def window(hu: np.ndarray, win: Window = LUNG_WINDOW) -> np.ndarray:
@@ -13,6 +19,10 @@ def window(hu: np.ndarray, win: Window = LUNG_WINDOW) -> np.ndarray:
         raise ValueError(f"window width must be positive, got {win.width}")
     out = (np.asarray(hu, dtype=np.float32) - np.float32(win.low)) / np.float32(win.width)
     return np.clip(out, 0.0, 1.0, out=out)
+
+
+#: Alias for use inside functions whose ``window`` argument shadows :func:`window`.
+window_fn = window
 
 
 def window_uint8(hu: np.ndarray, win: Window = LUNG_WINDOW) -> np.ndarray:
@@ -30,3 +40,93 @@ def parse_window(text: str) -> Window:
     if win.width <= 0:
         raise ValueError(f"bad window {text!r}: the width must be positive")
     return win
+
+
+# --- slice preparation shared by training and inference ---------------------------------------------
+
+#: Window of the U-Net segmenter's input: -1000 to +600 HU mapped to [0, 1] (air to soft tissue).
+SEGMENTER_WINDOW: Window = Window(level=-200.0, width=1600.0)
+
+
+def _select(n: int, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
+    """Slice indices as an int64 array, validated against ``n`` slices (``None`` = all)."""
+    if indices is None:
+        return np.arange(n, dtype=np.int64)
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and (idx.min() < 0 or idx.max() >= n):
+        raise ValueError(f"slice indices must lie in [0, {n}), got {idx.min()}..{idx.max()}")
+    return idx
+
+
+def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a stack ``(n, h, w)`` float32 to ``(n, S, S)`` (or ``(n, H, W)``) with bilinear interpolation.
+
+    Anti-aliased when shrinking, so a 512 slice at 128 keeps thin structures as averages instead of aliasing.
+    Deterministic; a stack that already has the size is returned as a float32 copy.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    arr = np.ascontiguousarray(images, dtype=np.float32)
+    if arr.ndim != 3:
+        raise ValueError(f"resize_images expects (n, h, w), got shape {arr.shape}")
+    if arr.shape[1:] == out_hw or arr.shape[0] == 0:
+        return arr.copy() if arr.shape[1:] == out_hw else np.zeros((0, *out_hw), np.float32)
+    shrink = out_hw[0] < arr.shape[1] or out_hw[1] < arr.shape[2]
+    with torch.no_grad():
+        t = torch.from_numpy(arr)[:, None]
+        r = F.interpolate(t, size=out_hw, mode="bilinear", align_corners=False, antialias=shrink)
+    return r[:, 0].numpy().astype(np.float32, copy=False)
+
+
+def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """Resize a label stack ``(n, h, w)`` with nearest-neighbour sampling; keeps the dtype (uint8 masks)."""
+    out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    lab = np.asarray(labels)
+    if lab.ndim != 3:
+        raise ValueError(f"resize_labels expects (n, h, w), got shape {lab.shape}")
+    if lab.shape[1:] == out_hw:
+        return lab.copy()
+    h, w = lab.shape[1:]
+    # pixel centres: out pixel i samples input floor((i + 0.5) * h / H)
+    rows = np.minimum(((np.arange(out_hw[0]) + 0.5) * h / out_hw[0]).astype(np.int64), h - 1)
+    cols = np.minimum(((np.arange(out_hw[1]) + 0.5) * w / out_hw[1]).astype(np.int64), w - 1)
+    return lab[:, rows[:, None], cols[None, :]]
+
+
+def classifier_inputs(
+    volume: CTVolume,
+    mask: np.ndarray,
+    *,
+    indices: Sequence[int] | np.ndarray | None = None,
+    image_size: int = CLASSIFIER_IMAGE_SIZE,
+    window: Window = LUNG_WINDOW,
+) -> np.ndarray:
+    """The classifier's input: lung-window slices with everything outside the lung set to 0, resized.
+
+    ``volume.hu`` is ``(z, y, x)`` HU; ``mask`` is the lung mask, same shape (non-zero = lung).
+    Returns float32 ``(n, 1, S, S)`` in [0, 1], one row per entry of ``indices`` (all slices when ``None``),
+    in the order given. The mask is applied at the native resolution, then the slice is resized, exactly as in
+    training (the preprocessing cache calls this function).
+    """
+    hu = volume.hu
+    m = np.asarray(mask)
+    if m.shape != hu.shape:
+        raise ValueError(f"lung mask shape {m.shape} does not match the volume shape {hu.shape}")
+    idx = _select(hu.shape[0], indices)
+    win = window_fn(hu[idx], window)
+    win[m[idx] == 0] = 0.0
+    return resize_images(win, image_size)[:, None]
+
+
+def segmenter_inputs(
+    volume: CTVolume,
+    *,
+    indices: Sequence[int] | np.ndarray | None = None,
+    image_size: int = SEGMENTER_IMAGE_SIZE,
+    window: Window = SEGMENTER_WINDOW,
+) -> np.ndarray:
+    """The U-Net segmenter's input: slices in :data:`SEGMENTER_WINDOW` resized to ``(n, 1, S, S)`` float32."""
+    idx = _select(volume.hu.shape[0], indices)
+    return resize_images(window_fn(volume.hu[idx], window), image_size)[:, None]
