@@ -1,0 +1,375 @@
+"""Model bundles: a folder with a ``model.json`` card and ``weights.safetensors``; pipelines of two bundles.
+
+Component bundle (``kind`` "classifier" or "segmenter")::
+
+    classifier/model.json            the card (below)
+    classifier/weights.safetensors   tensors only, no pickled code
+
+Pipeline MODEL_DIR (what ``covidct diagnose --model`` loads)::
+
+    model.json      kind "pipeline": classes, patient-rule parameters, the components and their hashes
+    segmenter/      a segmenter bundle (or the card says ``"segmenter": "classical"``)
+    classifier/     a classifier bundle
+
+A card holds: ``format``/``format_version``, ``kind``, ``name``, ``version`` (covidct version that wrote it),
+``created`` (UTC), ``classes`` (registry order), ``architecture``, ``preprocessing`` (window, image size,
+masking), ``training`` (data summary: counts per class, split seed, epochs...), ``validation`` (metrics),
+``rule`` (patient-rule parameters), ``software`` (versions), ``weights`` (file name and SHA-256) and ``hash``:
+SHA-256 of the canonical JSON of the card without ``hash`` (which includes the weights' SHA-256), so
+editing the card or the weights is detected on loading. Every loading problem raises
+:class:`covidct.errors.ModelError`
+naming the file and what does not match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+from covidct import __version__
+from covidct.errors import ModelError
+from covidct.registry import (
+    ABNORMAL_FRACTION_THRESHOLD,
+    BUNDLE_FORMAT_VERSION,
+    CLASS_NAMES,
+    LUNG_LABEL_NAMES,
+    TRUNCATE_HEAD,
+    TRUNCATE_TAIL,
+)
+
+if TYPE_CHECKING:
+    import torch
+
+    from covidct.classify.inference import SliceClassifier
+    from covidct.segment.base import Segmenter
+
+CARD_NAME: Final[str] = "model.json"
+WEIGHTS_NAME: Final[str] = "weights.safetensors"
+FORMAT: Final[str] = "covidct-model"
+COMPONENT_KINDS: Final[tuple[str, ...]] = ("classifier", "segmenter")
+
+
+def default_rule() -> dict[str, float]:
+    """The paper's patient-rule parameters (registry constants)."""
+    return {
+        "head": TRUNCATE_HEAD,
+        "tail": TRUNCATE_TAIL,
+        "threshold": ABNORMAL_FRACTION_THRESHOLD,
+    }
+
+
+def software_versions() -> dict[str, str]:
+    """Versions of the packages that shape a model's numbers."""
+    import numpy
+    import torch
+
+    out = {"covidct": __version__, "python": platform.python_version(), "torch": torch.__version__}
+    out["numpy"] = numpy.__version__
+    try:
+        import monai
+
+        out["monai"] = str(monai.__version__)
+    except ImportError:  # pragma: no cover - monai is a dependency
+        pass
+    return out
+
+
+def _canonical(card: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in card.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def card_hash(card: dict[str, Any]) -> str:
+    """``sha256:<hex>`` of the card without its ``hash`` field."""
+    return "sha256:" + hashlib.sha256(_canonical(card)).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_card(directory: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """Stamp ``hash`` and write ``model.json`` atomically; returns the stamped card."""
+    card = dict(card)
+    card["hash"] = card_hash(card)
+    _atomic_write_bytes(directory / CARD_NAME, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
+    return card
+
+
+def read_card(directory: str | Path, *, kind: str | None = None, verify: bool = True) -> dict[str, Any]:
+    """Read and check a ``model.json`` card (format, version, kind, classes, hash)."""
+    directory = Path(directory)
+    path = directory / CARD_NAME
+    if not directory.is_dir():
+        raise ModelError(f"model folder {directory} does not exist: train one with `covidct train` first")
+    if not path.is_file():
+        raise ModelError(f"{path} is missing: {directory} is not a covidct model folder")
+    try:
+        card = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{path} is not valid JSON ({exc}); restore it or retrain") from None
+    if not isinstance(card, dict) or card.get("format") != FORMAT:
+        raise ModelError(f"{path} is not a covidct model card (format must be {FORMAT!r})")
+    version = str(card.get("format_version", ""))
+    if version.split(".")[0] != BUNDLE_FORMAT_VERSION.split(".")[0]:
+        raise ModelError(
+            f"{path} has bundle format {version or '?'}, this covidct reads {BUNDLE_FORMAT_VERSION}: "
+            "retrain the model or use the covidct version that wrote it"
+        )
+    if kind is not None and card.get("kind") != kind:
+        hint = ""
+        if card.get("kind") in COMPONENT_KINDS and kind == "pipeline":
+            hint = f"; pass the pipeline folder above it ({directory.parent})"
+        raise ModelError(f"{path} describes a {card.get('kind')!r} model, expected {kind!r}{hint}")
+    classes = card.get("classes")
+    if card.get("kind") in ("classifier", "pipeline") and list(classes or []) != list(CLASS_NAMES):
+        raise ModelError(
+            f"{path} has classes {classes}, this covidct uses {list(CLASS_NAMES)} (order matters): "
+            "the model was trained for a different label set"
+        )
+    if card.get("kind") == "segmenter":
+        labels = {int(k): v for k, v in dict(card.get("labels", {})).items()}
+        if labels != LUNG_LABEL_NAMES:
+            raise ModelError(f"{path} has lung labels {labels}, expected {LUNG_LABEL_NAMES}")
+    if verify:
+        stored = card.get("hash")
+        if stored != card_hash(card):
+            raise ModelError(
+                f"{path}: content hash mismatch (card says {stored}, content gives {card_hash(card)}); "
+                "the card was edited or is damaged: restore the original folder or retrain"
+            )
+    return dict(card)
+
+
+def save_component(
+    directory: str | Path, state_dict: dict[str, torch.Tensor], card: dict[str, Any]
+) -> dict[str, Any]:
+    """Write a component bundle: weights as safetensors, then the card (with the weights' SHA-256 and hash).
+
+    ``card`` needs at least ``kind`` and ``architecture``; format fields, software versions and the creation
+    time are filled in. Existing files are replaced atomically, never left half-written.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    kind = card.get("kind")
+    if kind not in COMPONENT_KINDS:
+        raise ValueError(f"card kind must be one of {COMPONENT_KINDS}, got {kind!r}")
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".partial", dir=directory)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={"format": FORMAT, "kind": str(kind)})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    full: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "kind": kind,
+        "name": card.get("name", directory.name),
+        "version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    full.update(card)
+    full["software"] = software_versions()
+    full["weights"] = {"file": WEIGHTS_NAME, "sha256": file_sha256(directory / WEIGHTS_NAME)}
+    return write_card(directory, full)
+
+
+def load_component(
+    directory: str | Path, *, kind: str, verify: bool = True
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """Read a component bundle: the checked card and its weights (CPU tensors)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    card = read_card(directory, kind=kind, verify=verify)
+    wfile = directory / str(dict(card.get("weights", {})).get("file", WEIGHTS_NAME))
+    if not wfile.is_file():
+        raise ModelError(f"{wfile} is missing: the {kind} bundle {directory} is incomplete; retrain it")
+    if verify:
+        expected = dict(card.get("weights", {})).get("sha256")
+        actual = file_sha256(wfile)
+        if expected != actual:
+            raise ModelError(
+                f"{wfile}: weights do not match the card (sha256 {actual[:12]}..., card says "
+                f"{str(expected)[:12]}...): the file was replaced or damaged; restore it or retrain"
+            )
+    try:
+        state = load_file(str(wfile), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{wfile} cannot be read as safetensors ({exc}); retrain the model") from None
+    return card, state
+
+
+def load_state_checked(module: torch.nn.Module, state: dict[str, torch.Tensor], *, where: Path) -> None:
+    """Load weights into ``module``; a missing/unexpected key or shape mismatch becomes a ModelError."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    extra = sorted(set(state) - set(own))
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    if missing or extra or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing tensors (e.g. {missing[0]})")
+        if extra:
+            parts.append(f"{len(extra)} unexpected tensors (e.g. {extra[0]})")
+        if shapes:
+            k = shapes[0]
+            parts.append(f"shape mismatch at {k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}")
+        raise ModelError(
+            f"{where}: the weights do not fit the architecture in the card ({'; '.join(parts)}); "
+            "the card and weights come from different models"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+# --- pipelines -------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What a result records about the model that produced it."""
+
+    name: str
+    hash: str
+    version: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "hash": self.hash, "version": self.version}
+
+
+def write_pipeline(
+    model_dir: str | Path,
+    *,
+    segmenter: str = "segmenter",
+    classifier: str = "classifier",
+    rule: dict[str, float] | None = None,
+    name: str | None = None,
+) -> dict[str, Any]:
+    """Write (or refresh) the top-level pipeline ``model.json`` of ``model_dir`` from its component bundles.
+
+    ``segmenter`` is a sub-folder name holding a segmenter bundle, or ``"classical"`` (no trained segmenter).
+    ``classifier`` is the sub-folder of the classifier bundle. The components' cards are checked first.
+    """
+    model_dir = Path(model_dir)
+    ccard = read_card(model_dir / classifier, kind="classifier")
+    components: dict[str, Any] = {
+        "classifier": {"path": classifier, "hash": ccard["hash"], "name": ccard.get("name")},
+    }
+    if segmenter == "classical":
+        seg_entry: str = "classical"
+    else:
+        scard = read_card(model_dir / segmenter, kind="segmenter")
+        components["segmenter"] = {"path": segmenter, "hash": scard["hash"], "name": scard.get("name")}
+        seg_entry = segmenter
+    card: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": BUNDLE_FORMAT_VERSION,
+        "kind": "pipeline",
+        "name": name or model_dir.name,
+        "version": __version__,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "classes": list(CLASS_NAMES),
+        "rule": dict(rule or ccard.get("rule") or default_rule()),
+        "segmenter": seg_entry,
+        "classifier": classifier,
+        "components": components,
+        "preprocessing": ccard.get("preprocessing", {}),
+        "training": ccard.get("training", {}),
+        "validation": ccard.get("validation", {}),
+        "software": software_versions(),
+    }
+    return write_card(model_dir, card)
+
+
+@dataclass
+class Pipeline:
+    """A loaded pipeline: segmenter + classifier + the top-level card."""
+
+    directory: Path
+    card: dict[str, Any]
+    segmenter: Segmenter
+    classifier: SliceClassifier
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return ModelIdentity(
+            name=str(self.card.get("name", self.directory.name)),
+            hash=str(self.card.get("hash", "")),
+            version=str(self.card.get("version", "")),
+        )
+
+    @property
+    def rule(self) -> dict[str, float]:
+        return {k: float(v) for k, v in dict(self.card.get("rule", default_rule())).items()}
+
+
+def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = "torch") -> Pipeline:
+    """Load a pipeline MODEL_DIR: check the top card, its components and their hashes; build both stages."""
+    from covidct.classify.inference import SliceClassifier
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir, kind="pipeline")
+    components = dict(card.get("components", {}))
+    cdir = model_dir / str(card.get("classifier", "classifier"))
+    classifier = SliceClassifier.from_bundle(cdir, device=device, backend=backend)
+    expected = dict(components.get("classifier", {})).get("hash")
+    if expected and classifier.card.get("hash") != expected:
+        raise ModelError(
+            f"{cdir}: classifier hash {classifier.card.get('hash')} does not match the pipeline card "
+            f"({expected}); the classifier was retrained: rerun `covidct train ... --pipeline {model_dir}`"
+        )
+    pre = dict(card.get("preprocessing", {}))
+    if pre and pre.get("image_size") not in (None, classifier.image_size):
+        raise ModelError(
+            f"{model_dir / CARD_NAME}: image_size {pre.get('image_size')} differs from the classifier's "
+            f"{classifier.image_size}; refresh the pipeline card"
+        )
+    seg_entry = str(card.get("segmenter", "classical"))
+    segmenter: Segmenter
+    if seg_entry == "classical":
+        import importlib
+
+        # the classical segmenter is the segmentation engineer's; looked up at run time
+        get_segmenter = importlib.import_module("covidct.segment").get_segmenter
+        segmenter = get_segmenter("classical", device=device)
+    else:
+        from covidct.segment.unet import UNetSegmenter
+
+        sdir = model_dir / seg_entry
+        unet = UNetSegmenter.from_bundle(sdir, device=device)
+        expected = dict(components.get("segmenter", {})).get("hash")
+        if expected and unet.card.get("hash") != expected:
+            raise ModelError(
+                f"{sdir}: segmenter hash {unet.card.get('hash')} does not match the pipeline card "
+                f"({expected}); rerun `covidct train ... --pipeline {model_dir}`"
+            )
+        segmenter = unet
+    return Pipeline(directory=model_dir, card=card, segmenter=segmenter, classifier=classifier)

@@ -1,0 +1,108 @@
+"""The U-Net lung segmenter: a 2-D MONAI BasicUNet with batch norm after every convolution, 3 classes.
+
+Input: slices in :data:`covidct.preprocess.SEGMENTER_WINDOW`, resized to the net's size (256 by default);
+output: 0 background, 1 right lung, 2 left lung (the patient's sides), resized back with nearest neighbour.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import numpy as np
+from torch import nn
+
+from covidct.errors import ModelError
+from covidct.io.volume import CTVolume
+from covidct.preprocess import SEGMENTER_WINDOW, resize_labels, segmenter_inputs
+from covidct.registry import SEGMENTER_IMAGE_SIZE, Window
+
+#: Default channel widths of BasicUNet (5 encoder levels + the last decoder level).
+DEFAULT_FEATURES: Final[tuple[int, ...]] = (16, 32, 64, 128, 256, 16)
+
+
+def build_segmenter(
+    *, features: Sequence[int] = DEFAULT_FEATURES, in_channels: int = 1, num_classes: int = 3
+) -> nn.Module:
+    """A freshly initialised 2-D U-Net (conv -> batch norm -> LeakyReLU, twice per level); logits out.
+
+    Input sides must be multiples of 16 (four poolings).
+    """
+    from monai.networks.nets import BasicUNet
+
+    feats = tuple(int(f) for f in features)
+    if len(feats) != 6:
+        raise ValueError(f"features needs 6 channel counts, got {feats}")
+    return BasicUNet(
+        spatial_dims=2, in_channels=in_channels, out_channels=num_classes, features=feats, norm="batch"
+    )
+
+
+class UNetSegmenter:
+    """Segmenter protocol implementation around a trained U-Net bundle (load once, apply many)."""
+
+    name = "unet"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        image_size: int = SEGMENTER_IMAGE_SIZE,
+        window: Window = SEGMENTER_WINDOW,
+        card: dict[str, Any] | None = None,
+        device: str = "cpu",
+        batch_size: int = 4,
+    ) -> None:
+        self.network = network.to(device).eval()
+        self.image_size = int(image_size)
+        self.window = window
+        self.card: dict[str, Any] = dict(card or {})
+        self.device = device
+        self.batch_size = max(1, int(batch_size))
+
+    @classmethod
+    def from_bundle(cls, directory: str | Path, *, device: str = "cpu", batch_size: int = 4) -> UNetSegmenter:
+        """Load a segmenter bundle written by ``covidct train segmenter``."""
+        from covidct.bundle import load_component, load_state_checked
+
+        directory = Path(directory)
+        card, state = load_component(directory, kind="segmenter")
+        arch = dict(card.get("architecture", {}))
+        if arch.get("name") != "basic_unet":
+            raise ModelError(
+                f"{directory / 'model.json'}: architecture {arch.get('name')!r} is not 'basic_unet'"
+            )
+        net = build_segmenter(features=arch.get("features", DEFAULT_FEATURES), num_classes=3)
+        load_state_checked(net, state, where=directory)
+        pre = dict(card.get("preprocessing", {}))
+        w = dict(pre.get("window", {}))
+        window = Window(float(w["level"]), float(w["width"])) if w else SEGMENTER_WINDOW
+        size = int(pre.get("image_size", SEGMENTER_IMAGE_SIZE))
+        if size % 16:
+            raise ModelError(f"{directory / 'model.json'}: image_size {size} is not a multiple of 16")
+        return cls(net, image_size=size, window=window, card=card, device=device, batch_size=batch_size)
+
+    def predict_inputs(self, x: np.ndarray) -> np.ndarray:
+        """Labels ``(n, S, S)`` uint8 for preprocessed inputs ``(n, 1, S, S)``."""
+        import torch
+
+        out = []
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch_size):
+                t = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size])).to(self.device)
+                out.append(self.network(t).argmax(dim=1).to(torch.uint8).cpu().numpy())
+        if not out:
+            return np.zeros((0, self.image_size, self.image_size), np.uint8)
+        return np.concatenate(out, axis=0)
+
+    def apply(self, volume: CTVolume) -> np.ndarray:
+        """The lung mask of ``volume``: uint8 ``(z, y, x)``, 0 background, 1 right, 2 left."""
+        z, h, w = volume.shape
+        mask = np.zeros((z, h, w), np.uint8)
+        step = max(self.batch_size * 4, 1)
+        for i in range(0, z, step):
+            idx = np.arange(i, min(z, i + step))
+            x = segmenter_inputs(volume, indices=idx, image_size=self.image_size, window=self.window)
+            mask[idx] = resize_labels(self.predict_inputs(x), (h, w))
+        return mask
