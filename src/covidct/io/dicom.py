@@ -1,0 +1,557 @@
+"""DICOM series discovery, selection, geometric sorting and HU decoding.
+
+Conventions: slices are ordered by their position along the slice normal (ImagePositionPatient projected on
+the normal from ImageOrientationPatient; SliceLocation only as a fallback; never by file name), the normal
+oriented toward the patient's head, so index 0 is the most superior slice. Positions are in mm, larger = more
+superior. Headers are read with ``stop_before_pixels``; pixels are decoded only for the slices asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.errors import InputError
+from covidct.registry import AIR_HU
+
+log = logging.getLogger(__name__)
+
+#: Header keywords treated as PHI: kept in ``meta.phi`` only, never logged.
+PHI_KEYWORDS: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "StudyDate",
+    "SeriesDate",
+    "AcquisitionDate",
+    "AccessionNumber",
+)
+_SKIP_SUFFIXES = {
+    ".txt",
+    ".csv",
+    ".json",
+    ".md",
+    ".npy",
+    ".npz",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".xml",
+    ".py",
+    ".pdf",
+}
+_SKIP_SUFFIXES |= {".nii", ".gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".html"}
+_LOCALIZER_SOP = "1.2.840.10008.5.1.4.1.1.2.2"  # not used by CT, kept for clarity of the localizer check
+
+
+@dataclass
+class SliceRef:
+    """One slice (a file, or one frame of a multi-frame file) before decoding."""
+
+    path: str  # real path on disk
+    source: str  # what the user sees (file path, "path#frame", or "archive.zip!member")
+    frame: int | None
+    position_mm: float
+    instance_number: int | None
+    slope: float
+    intercept: float
+    padding: tuple[float, float] | None  # stored-value range set to air
+    force: bool
+    ipp: tuple[float, ...] | None = None  # ImagePositionPatient (LPS mm) when known
+
+
+@dataclass
+class _Header:
+    path: str
+    force: bool
+    modality: str | None
+    image_type: tuple[str, ...]
+    series_uid: str
+    study_uid: str
+    series_number: int | None
+    series_description: str
+    manufacturer: str
+    transfer_syntax: str
+    rows: int
+    cols: int
+    n_frames: int
+    iop: tuple[float, ...] | None
+    ipp: tuple[float, float, float] | None
+    slice_location: float | None
+    instance_number: int | None
+    pixel_spacing: tuple[float, float] | None
+    slice_thickness: float | None
+    slope: float
+    intercept: float
+    padding: tuple[float, float] | None
+    phi: dict[str, str]
+    frames: list[dict[str, Any]] = field(default_factory=list)  # per-frame ipp/slope/intercept
+
+
+@dataclass
+class Series:
+    """A chosen, sorted series: what :class:`covidct.io.loader.Study` reads pixels from."""
+
+    slices: list[SliceRef]
+    spacing: tuple[float, float, float]  # z, y, x mm
+    row_cosine: np.ndarray  # direction of increasing column index (x)
+    col_cosine: np.ndarray  # direction of increasing row index (y)
+    normal: np.ndarray  # unit normal pointing superior
+    rows: int
+    cols: int
+    meta: dict[str, Any]
+    skipped: list[dict[str, str]]
+    warnings: list[str]
+    phi: dict[str, str]
+
+
+def _f(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(value: Any, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _pixel_data_state(fp: Any, size: int, little_endian: bool) -> str:
+    """Pixel data state after ``stop_before_pixels`` left ``fp`` on its tag: ok, missing or truncated."""
+    pos = fp.tell()
+    head = fp.read(12)
+    if len(head) < 8 or not little_endian:
+        return "missing" if len(head) < 8 else "ok"
+    group, elem = struct.unpack("<HH", head[:4])
+    if (group, elem) not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)):
+        return "missing"
+    if head[4:6] not in (b"OB", b"OW", b"OF", b"OD", b"OL", b"UN"):  # implicit VR: tag, 4-byte length
+        (length,) = struct.unpack("<I", head[4:8])
+        start = pos + 8
+    else:
+        (length,) = struct.unpack("<I", head[8:12])
+        start = pos + 12
+    if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
+        fp.seek(max(size - 8, 0))
+        tail = fp.read(8)
+        return "ok" if tail[:4] == b"\xfe\xff\xdd\xe0" else "truncated"
+    if length == 0:
+        return "missing"
+    return "ok" if start + length <= size else "truncated"
+
+
+def read_header(path: str) -> _Header | tuple[str, str]:
+    """Read one file's header. Returns the header, or ``(path, reason)`` when the file cannot be used."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    size = os.path.getsize(path)
+    ds = None
+    force = False
+    state = "missing"
+    for force in (False, True):
+        try:
+            with open(path, "rb") as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+                meta = getattr(ds, "file_meta", None)
+                tsyn = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+                little = tsyn != "1.2.840.10008.1.2.2"
+                state = _pixel_data_state(fp, size, little)
+            break
+        except InvalidDicomError:
+            continue
+        except Exception as exc:  # a corrupt header
+            return path, f"unreadable DICOM header ({type(exc).__name__}: {exc})"
+    if ds is None:
+        return path, "not a DICOM file"
+    if force and "Rows" not in ds:
+        return path, "not a DICOM file"
+    if "Rows" not in ds or "Columns" not in ds:
+        return path, "no image data (no Rows/Columns: not an image object)"
+    if state == "missing":
+        return path, "no pixel data"
+    if state == "truncated":
+        return path, "truncated file (pixel data shorter than declared)"
+    meta = getattr(ds, "file_meta", None)
+    tsyn = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    padding = None
+    pad = _f(ds.get("PixelPaddingValue"))
+    if pad is not None:
+        limit = _f(ds.get("PixelPaddingRangeLimit"))
+        padding = (min(pad, limit), max(pad, limit)) if limit is not None else (pad, pad)
+    phi = {k: str(ds.get(k)) for k in PHI_KEYWORDS if ds.get(k) not in (None, "")}
+    hdr = _Header(
+        path=path,
+        force=force,
+        modality=str(ds.Modality) if ds.get("Modality") else None,
+        image_type=tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
+        series_uid=str(ds.get("SeriesInstanceUID", "")),
+        study_uid=str(ds.get("StudyInstanceUID", "")),
+        series_number=_int(ds.get("SeriesNumber")),
+        series_description=str(ds.get("SeriesDescription", "")).strip(),
+        manufacturer=str(ds.get("Manufacturer", "")).strip(),
+        transfer_syntax=tsyn,
+        rows=int(ds.Rows),
+        cols=int(ds.Columns),
+        n_frames=_int(ds.get("NumberOfFrames")) or 1,
+        iop=_floats(ds.get("ImageOrientationPatient"), 6),
+        ipp=_floats(ds.get("ImagePositionPatient"), 3),  # type: ignore[arg-type]
+        slice_location=_f(ds.get("SliceLocation")),
+        instance_number=_int(ds.get("InstanceNumber")),
+        pixel_spacing=_floats(ds.get("PixelSpacing"), 2),  # type: ignore[arg-type]
+        slice_thickness=_f(ds.get("SliceThickness")),
+        slope=_f(ds.get("RescaleSlope")) or 1.0,
+        intercept=_f(ds.get("RescaleIntercept")) or 0.0,
+        padding=padding,
+        phi=phi,
+    )
+    if hdr.n_frames > 1:
+        _read_functional_groups(ds, hdr)
+    return hdr
+
+
+def _read_functional_groups(ds: Any, hdr: _Header) -> None:
+    """Enhanced (multi-frame) CT: per-frame position, orientation, spacing and rescale."""
+
+    def first(seq: Any, name: str) -> Any:
+        s = seq.get(name) if seq is not None else None
+        return s[0] if s else None
+
+    shared = first(ds, "SharedFunctionalGroupsSequence")
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+
+    def lookup(frame: Any, seq: str, attr: str) -> Any:
+        for group in (frame, shared):
+            item = first(group, seq)
+            if item is not None and attr in item:
+                return item.get(attr)
+        return None
+
+    for i in range(hdr.n_frames):
+        frame = per_frame[i] if i < len(per_frame) else None
+        iop = _floats(lookup(frame, "PlaneOrientationSequence", "ImageOrientationPatient"), 6)
+        if iop is not None and hdr.iop is None:
+            hdr.iop = iop
+        ps = _floats(lookup(frame, "PixelMeasuresSequence", "PixelSpacing"), 2)
+        if ps is not None and hdr.pixel_spacing is None:
+            hdr.pixel_spacing = ps  # type: ignore[assignment]
+        st = _f(lookup(frame, "PixelMeasuresSequence", "SliceThickness"))
+        if st is not None and hdr.slice_thickness is None:
+            hdr.slice_thickness = st
+        slope = _f(lookup(frame, "PixelValueTransformationSequence", "RescaleSlope"))
+        intercept = _f(lookup(frame, "PixelValueTransformationSequence", "RescaleIntercept"))
+        hdr.frames.append(
+            {
+                "ipp": _floats(lookup(frame, "PlanePositionSequence", "ImagePositionPatient"), 3),
+                "slope": slope if slope is not None else hdr.slope,
+                "intercept": intercept if intercept is not None else hdr.intercept,
+                "instance": i + 1,
+            }
+        )
+
+
+def find_files(root: Path) -> list[str]:
+    """Candidate files under ``root`` (recursive); hidden files and obvious non-DICOM suffixes left out."""
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if name.startswith(".") or Path(name).suffix.lower() in _SKIP_SUFFIXES:
+                continue
+            out.append(os.path.join(dirpath, name))
+    return out
+
+
+def _normal(iop: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    row = np.asarray(iop[:3], dtype=np.float64)
+    col = np.asarray(iop[3:], dtype=np.float64)
+    n = np.cross(row, col)
+    norm = np.linalg.norm(n)
+    if norm < 1e-6:
+        raise ValueError("degenerate ImageOrientationPatient")
+    n = n / norm
+    if n[2] < 0 or (abs(n[2]) < 1e-6 and n.sum() < 0):
+        n = -n  # point toward the head (LPS +z)
+    return row, col, n
+
+
+def _skip_reason(hdr: _Header) -> tuple[str | None, bool]:
+    """(reason to leave the series out, or None; whether it is only a fallback candidate)."""
+    if hdr.modality is not None and hdr.modality.upper() != "CT":
+        return f"modality {hdr.modality}, not CT", False
+    if any(t in ("LOCALIZER", "SCOUT", "TOPOGRAM") for t in hdr.image_type):
+        return "localizer / scout image", False
+    if hdr.iop is not None:
+        try:
+            _, _, n = _normal(hdr.iop)
+        except ValueError:
+            return "degenerate ImageOrientationPatient", False
+        if abs(n[2]) < 0.8:
+            plane = "coronal" if abs(n[1]) >= abs(n[0]) else "sagittal"
+            return f"not axial ({plane} reformat)", False
+    derived = [t for t in hdr.image_type[:2] if t in ("DERIVED", "SECONDARY")]
+    if derived or "REFORMATTED" in hdr.image_type or "MPR" in hdr.image_type:
+        return "derived / secondary image (" + "\\".join(hdr.image_type) + ")", True
+    return None, False
+
+
+def _group_key(hdr: _Header) -> tuple[Any, ...]:
+    iop = tuple(round(v, 3) for v in hdr.iop) if hdr.iop is not None else None
+    return (hdr.series_uid, hdr.rows, hdr.cols, iop)
+
+
+def discover(root: Path, files: list[str], *, display: Any = None, header_reader: Any = None) -> Series:
+    """Read the headers of ``files``, choose the axial CT series with the most slices and sort it.
+
+    ``display`` maps a real path to the name shown to the user (for extracted archives).
+    """
+    name = display or (lambda p: p)
+    if not files:
+        raise InputError(
+            f"{root}: no files found (empty folder); give a folder of DICOM files of one CT study"
+        )
+    reader = header_reader or (lambda fs: [read_header(f) for f in fs])
+    results = reader(files)
+    skipped: list[dict[str, str]] = []
+    warnings: list[str] = []
+    headers: list[_Header] = []
+    for res in results:
+        if isinstance(res, tuple):
+            skipped.append({"path": name(res[0]), "reason": res[1]})
+        else:
+            headers.append(res)
+    bad = [s for s in skipped if s["reason"].startswith(("truncated", "unreadable"))]
+    if not headers:
+        reasons = sorted({s["reason"] for s in skipped})
+        if reasons == ["not a DICOM file"]:
+            raise InputError(f"{root}: no DICOM files found among {len(files)} file(s); give a DICOM folder")
+        if all(r in ("no pixel data",) or r.startswith("no image data") for r in reasons):
+            raise InputError(f"{root}: the DICOM files hold no image data (no pixel data); give CT images")
+        raise InputError(f"{root}: no readable CT image among {len(files)} file(s) ({'; '.join(reasons)})")
+
+    groups: dict[tuple[Any, ...], list[_Header]] = {}
+    for h in headers:
+        groups.setdefault(_group_key(h), []).append(h)
+    primary: list[list[_Header]] = []
+    fallback: list[tuple[list[_Header], str]] = []
+    modalities: set[str] = set()
+    for members in groups.values():
+        reason, is_fallback = _skip_reason(members[0])
+        if members[0].modality:
+            modalities.add(members[0].modality)
+        if reason is None:
+            primary.append(members)
+        elif is_fallback:
+            fallback.append((members, reason))
+        else:
+            _skip_series(members, reason, skipped, name)
+
+    def n_of(ms: list[_Header]) -> int:
+        return sum(m.n_frames for m in ms)
+
+    def rank(ms: list[_Header]) -> tuple[int, int, str]:
+        return (n_of(ms), -(ms[0].series_number or 0), ms[0].series_uid)
+
+    if primary:
+        chosen = max(primary, key=rank)
+        for members, reason in fallback:
+            _skip_series(members, reason, skipped, name)
+    elif fallback:
+        chosen = max((m for m, _ in fallback), key=rank)
+        warnings.append("no original axial CT series; using a derived / secondary series")
+        for members, reason in fallback:
+            if members is not chosen:
+                _skip_series(members, reason, skipped, name)
+    else:
+        if modalities and "CT" not in {m.upper() for m in modalities}:
+            raise InputError(
+                f"{root}: not CT (modality {', '.join(sorted(modalities))}); covidct needs a CT series"
+            )
+        reasons = sorted({s["reason"] for s in skipped})
+        raise InputError(f"{root}: no axial CT series found (left out: {'; '.join(reasons)})")
+    for other in primary:
+        if other is not chosen:
+            _skip_series(
+                other, f"another series ({n_of(other)} slices); the largest was chosen", skipped, name
+            )
+    for s in bad:
+        warnings.append(f"skipped {s['path']}: {s['reason']}")
+    return _sort_series(chosen, skipped, warnings, name)
+
+
+def _skip_series(members: list[_Header], reason: str, skipped: list[dict[str, str]], name: Any) -> None:
+    desc = members[0].series_description
+    label = f"series {members[0].series_number}" if members[0].series_number is not None else "series"
+    for m in members:
+        skipped.append({"path": name(m.path), "reason": reason, "series": f"{label} {desc}".strip()})
+
+
+def _sort_series(
+    members: list[_Header], skipped: list[dict[str, str]], warnings: list[str], name: Any
+) -> Series:
+    first = members[0]
+    iop = first.iop
+    if iop is None:
+        warnings.append("no ImageOrientationPatient; assumed standard axial orientation")
+        iop = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+    row, col, normal = _normal(iop)
+    if first.modality is None:
+        warnings.append("no Modality in the header; assumed CT with stored values in HU after rescale")
+    refs: list[SliceRef] = []
+    no_position = 0
+    for h in members:
+        units: list[tuple[int | None, Any, float, float, int | None]] = []
+        if h.n_frames > 1:
+            for i, fr in enumerate(h.frames):
+                units.append((i, fr["ipp"], fr["slope"], fr["intercept"], fr["instance"]))
+        else:
+            units.append((None, h.ipp, h.slope, h.intercept, h.instance_number))
+        for frame, ipp, slope, intercept, inst in units:
+            if ipp is not None:
+                pos = float(np.dot(np.asarray(ipp, dtype=np.float64), normal))
+            elif h.slice_location is not None and frame is None:
+                pos = h.slice_location
+                no_position += 1
+            else:
+                pos = float("nan")
+                no_position += 1
+            src = name(h.path) if frame is None else f"{name(h.path)}#{frame}"
+            refs.append(SliceRef(h.path, src, frame, pos, inst, slope, intercept, h.padding, h.force, ipp))
+    if any(np.isnan(r.position_mm) for r in refs):
+        if all(r.instance_number is not None for r in refs):
+            warnings.append("no slice positions; ordered by InstanceNumber (1 = most superior assumed)")
+            for r in refs:
+                r.position_mm = -float(r.instance_number or 0) * (first.slice_thickness or 1.0)
+        else:
+            raise InputError(f"{name(first.path)}: slices carry neither a position nor an instance number")
+    elif no_position:
+        warnings.append(f"{no_position} slice(s) without ImagePositionPatient; SliceLocation used")
+    refs.sort(key=lambda r: (-r.position_mm, r.instance_number or 0, r.source))
+    kept: list[SliceRef] = []
+    for r in refs:
+        if kept and abs(kept[-1].position_mm - r.position_mm) < 1e-3:
+            skipped.append({"path": r.source, "reason": f"duplicate slice position {r.position_mm:+.2f} mm"})
+            continue
+        kept.append(r)
+    if len(kept) < len(refs):
+        warnings.append(f"{len(refs) - len(kept)} slice(s) with a duplicated position left out")
+    dz = _z_spacing(kept, first, warnings)
+    ps = first.pixel_spacing
+    if ps is None:
+        warnings.append("no PixelSpacing; 1 mm assumed")
+        ps = (1.0, 1.0)
+    meta = {
+        "modality": first.modality or "CT",
+        "manufacturer": first.manufacturer,
+        "transfer_syntax": first.transfer_syntax,
+        "series_description": first.series_description,
+        "series_uid": first.series_uid,
+        "study_uid": first.study_uid,
+        "slice_thickness_mm": first.slice_thickness,
+    }
+    return Series(
+        slices=kept,
+        spacing=(dz, float(ps[0]), float(ps[1])),
+        row_cosine=row,
+        col_cosine=col,
+        normal=normal,
+        rows=first.rows,
+        cols=first.cols,
+        meta=meta,
+        skipped=skipped,
+        warnings=warnings,
+        phi=dict(first.phi),
+    )
+
+
+def _z_spacing(refs: list[SliceRef], first: _Header, warnings: list[str]) -> float:
+    if len(refs) < 2:
+        return float(first.slice_thickness or 1.0)
+    gaps = -np.diff([r.position_mm for r in refs])
+    med = float(np.median(gaps))
+    if np.any(np.abs(gaps - med) > 0.1 * med + 0.01):
+        warnings.append(
+            f"uneven slice gaps: {gaps.min():.2f}-{gaps.max():.2f} mm (median {med:.2f} mm used as spacing);"
+            " slices may be missing"
+        )
+    return med
+
+
+def to_hu(
+    stored: np.ndarray, slope: float, intercept: float, padding: tuple[float, float] | None
+) -> np.ndarray:
+    """Stored values -> HU (int16 when slope/intercept are whole numbers); padding and out-of-field -> air."""
+    arr = stored.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+    if padding is not None:
+        arr[(stored >= padding[0]) & (stored <= padding[1])] = AIR_HU
+    np.maximum(arr, AIR_HU, out=arr)  # out-of-field values (e.g. -2048, -3024) become air
+    if float(slope).is_integer() and float(intercept).is_integer():
+        return np.clip(np.rint(arr), -32768, 32767).astype(np.int16)
+    return arr
+
+
+def decode_group(
+    path: str, force: bool, items: list[tuple[int | None, float, float, Any]]
+) -> list[np.ndarray | str]:
+    """Decode one file: ``items`` are ``(frame, slope, intercept, padding)``.
+
+    Returns one HU array per item, or the error message (a string) for every item when the file cannot be
+    decoded, so that one bad file never loses the rest of a series.
+    """
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, force=force)
+        data = ds.pixel_array
+    except Exception as exc:
+        return [f"cannot decode the pixel data ({type(exc).__name__}: {exc})"] * len(items)
+    out: list[np.ndarray | str] = []
+    for frame, slope, intercept, padding in items:
+        stored = data if frame is None else data[frame]
+        if stored.ndim != 2:
+            out.append(f"expected a grey-scale image, got pixel array shape {stored.shape}")
+        else:
+            out.append(to_hu(stored, slope, intercept, padding))
+    return out
+
+
+def decode_chunk(
+    jobs: list[tuple[str, bool, list[tuple[int | None, float, float, Any]]]],
+) -> list[np.ndarray | str]:
+    """Decode several files (a unit of work for a process pool)."""
+    out: list[np.ndarray | str] = []
+    for path, force, items in jobs:
+        out.extend(decode_group(path, force, items))
+    return out
+
+
+def group_by_file(
+    refs: Iterable[SliceRef],
+) -> list[tuple[str, bool, list[tuple[int | None, float, float, Any]]]]:
+    """Consecutive slices of one file become one decoding job (a multi-frame file is decoded once)."""
+    jobs: list[tuple[str, bool, list[tuple[int | None, float, float, Any]]]] = []
+    for r in refs:
+        item = (r.frame, r.slope, r.intercept, r.padding)
+        if jobs and jobs[-1][0] == r.path:
+            jobs[-1][2].append(item)
+        else:
+            jobs.append((r.path, r.force, [item]))
+    return jobs

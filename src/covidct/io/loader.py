@@ -1,0 +1,312 @@
+"""The one entry point of ingestion: :func:`open_study` (headers only) and :func:`load_study` (pixels too).
+
+Accepted inputs: a DICOM folder (searched recursively), a zip of one, a single DICOM file (an Enhanced
+multi-frame CT, or one slice when ``min_slices=1``), or a NIfTI / NRRD / MHA volume. Every result is a
+:class:`CTVolume` in HU, (z, y, x), slice 0 most superior, column 0 the patient's right.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+import os
+import sys
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.errors import InputError
+from covidct.io import dicom
+from covidct.io.formats import canonicalize, read_volume_image, safe_extract_zip, volume_format
+from covidct.io.volume import CTVolume, SliceInfo, StudyMeta
+
+log = logging.getLogger(__name__)
+
+#: Below this many files a process pool costs more than it saves.
+_PARALLEL_MIN_FILES = 24
+
+
+def default_workers() -> int:
+    """Decoding processes used when ``workers`` is None: the CPUs available, at most 4."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        n = os.cpu_count() or 1
+    return max(1, min(4, n))
+
+
+class Study:
+    """An opened study: headers read, slices sorted, pixels not yet decoded.
+
+    ``n_slices`` and ``slice_positions_mm`` (superior to inferior) describe the full series; ``read(indices)``
+    decodes only the slices asked for. Keep the object alive while reading (an extracted zip lives as long).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        *,
+        series: dicom.Series | None = None,
+        volume: CTVolume | None = None,
+        workers: int | None = None,
+        tmpdir: tempfile.TemporaryDirectory[str] | None = None,
+        input_format: str = "dicom",
+    ) -> None:
+        if (series is None) == (volume is None):
+            raise ValueError("Study needs exactly one of series or volume")
+        self.source = source
+        self.workers = workers
+        self._series = series
+        self._volume = volume
+        self._tmpdir = tmpdir
+        if series is not None:
+            ts = series.meta["transfer_syntax"]
+            extra: dict[str, Any] = {
+                "transfer_syntax_name": _ts_name(ts),
+                "slice_thickness_mm": series.meta.get("slice_thickness_mm"),
+                "n_files": len({r.path for r in series.slices}),
+            }
+            self.meta = StudyMeta(
+                modality=series.meta["modality"],
+                manufacturer=series.meta["manufacturer"],
+                transfer_syntax=ts,
+                series_description=series.meta["series_description"],
+                series_uid=series.meta["series_uid"],
+                study_uid=series.meta["study_uid"],
+                input_format=input_format,
+                skipped=list(series.skipped),
+                warnings=list(series.warnings),
+                phi=dict(series.phi),
+                extra=extra,
+            )
+        else:
+            assert volume is not None  # for the type checker; guarded above
+            self.meta = volume.meta
+
+    @property
+    def n_slices(self) -> int:
+        if self._series is not None:
+            return len(self._series.slices)
+        assert self._volume is not None
+        return self._volume.n_slices
+
+    @property
+    def slice_positions_mm(self) -> list[float]:
+        if self._series is not None:
+            return [r.position_mm for r in self._series.slices]
+        assert self._volume is not None
+        return self._volume.slice_positions_mm
+
+    def close(self) -> None:
+        """Remove the extracted archive, if any (also done when the object is collected)."""
+        if self._tmpdir is not None:
+            self._tmpdir.cleanup()
+            self._tmpdir = None
+
+    def __enter__(self) -> Study:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _indices(self, indices: Sequence[int] | None) -> list[int]:
+        n = self.n_slices
+        if indices is None:
+            return list(range(n))
+        out = sorted({int(i) for i in indices})
+        if not out:
+            raise ValueError("indices is empty: give at least one slice index")
+        if out[0] < 0 or out[-1] >= n:
+            raise ValueError(f"slice indices must lie in [0, {n}); got {out[0]}..{out[-1]}")
+        return out
+
+    def read(self, indices: Sequence[int] | None = None, *, progress: bool = False) -> CTVolume:
+        """Decode the slices ``indices`` (all when None; sorted, superior first) into a :class:`CTVolume`."""
+        idx = self._indices(indices)
+        if self._volume is not None:
+            vol = self._volume
+            if len(idx) == vol.n_slices:
+                return vol
+            meta = _copy_meta(vol.meta)
+            meta.extra["indices"] = idx
+            origin = np.asarray(vol.origin) + vol.direction[:, 2] * vol.spacing[0] * idx[0]
+            return CTVolume(
+                vol.hu[idx].copy(), vol.spacing, tuple(origin), vol.direction.copy(),
+                [vol.slices[i] for i in idx], meta,
+            )  # fmt: skip
+        assert self._series is not None
+        return self._read_dicom(idx, progress)
+
+    def _read_dicom(self, idx: list[int], progress: bool) -> CTVolume:
+        series = self._series
+        assert series is not None
+        refs = [series.slices[i] for i in idx]
+        arrays = _decode(refs, workers=self.workers, progress=progress)
+        meta = _copy_meta(self.meta)
+        keep = []
+        for ref, arr in zip(refs, arrays, strict=True):
+            if isinstance(arr, str):
+                meta.warnings.append(f"skipped {ref.source}: {arr}")
+                meta.skipped.append({"path": ref.source, "reason": arr})
+                log.warning("skipped a slice: %s", arr)
+            elif arr.shape != (series.rows, series.cols):
+                reason = f"image size {arr.shape} differs from the series' {(series.rows, series.cols)}"
+                meta.skipped.append({"path": ref.source, "reason": reason})
+            else:
+                keep.append((ref, arr))
+        if not keep:
+            raise InputError(f"{self.source}: none of the requested slices could be decoded ({arrays[0]})")
+        if len(idx) != self.n_slices:
+            meta.extra["indices"] = [
+                i for i, r in zip(idx, refs, strict=True) if any(k[0] is r for k in keep)
+            ]
+        hu = np.stack([a for _, a in keep])
+        first = keep[0][0]
+        direction = np.stack([series.row_cosine, series.col_cosine, -series.normal], axis=1)
+        origin = np.asarray(first.ipp if first.ipp is not None else series.normal * first.position_mm)
+        hu, spacing, origin, direction = canonicalize(hu, series.spacing, origin, direction)
+        slices = [SliceInfo(r.source, r.position_mm, r.instance_number) for r, _ in keep]
+        return CTVolume(
+            hu, spacing, (float(origin[0]), float(origin[1]), float(origin[2])), direction, slices, meta
+        )
+
+
+def _ts_name(uid: str) -> str:
+    if not uid:
+        return ""
+    from pydicom.uid import UID
+
+    return str(UID(uid).name)
+
+
+def _copy_meta(meta: StudyMeta) -> StudyMeta:
+    return StudyMeta(
+        modality=meta.modality,
+        manufacturer=meta.manufacturer,
+        transfer_syntax=meta.transfer_syntax,
+        series_description=meta.series_description,
+        series_uid=meta.series_uid,
+        study_uid=meta.study_uid,
+        input_format=meta.input_format,
+        skipped=list(meta.skipped),
+        warnings=list(meta.warnings),
+        phi=dict(meta.phi),
+        extra=dict(meta.extra),
+    )
+
+
+def _pool_context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context(
+        "fork" if sys.platform.startswith("linux") and "fork" in methods else None
+    )
+
+
+def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) -> list[np.ndarray | str]:
+    """Decode ``refs`` in order, serially or with a process pool of ``workers`` (None = automatic)."""
+    jobs = dicom.group_by_file(refs)
+    n_workers = default_workers() if workers is None else max(1, int(workers))
+    if workers is None and len(jobs) < _PARALLEL_MIN_FILES:
+        n_workers = 1
+    n_workers = min(n_workers, len(jobs))
+    show = progress and sys.stderr.isatty()
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(refs), unit="slice", desc="decoding", disable=not show, file=sys.stderr)
+    out: list[np.ndarray | str] = []
+    try:
+        if n_workers <= 1:
+            for job in jobs:
+                res = dicom.decode_group(*job)
+                out.extend(res)
+                bar.update(len(res))
+            return out
+        n_chunks = min(len(jobs), n_workers * 4)
+        bounds = np.linspace(0, len(jobs), n_chunks + 1).astype(int)
+        chunks = [jobs[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+            for res in pool.map(dicom.decode_chunk, chunks):
+                out.extend(res)
+                bar.update(len(res))
+        return out
+    finally:
+        bar.close()
+
+
+def open_study(path: str | Path, *, workers: int | None = None, min_slices: int = 2) -> Study:
+    """Open a study: read headers, choose and sort the series; decode nothing yet.
+
+    ``workers``: decoding processes for :meth:`Study.read` (None = automatic, 1 = serial). ``min_slices``:
+    fewer slices than this is an :class:`InputError` (a volume needs 2; pass 1 to read a lone slice).
+    Raises :class:`InputError` with a message that names the input and the fix.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder; check the path")
+    if p.is_dir():
+        files = dicom.find_files(p)
+        if not files:
+            raise InputError(
+                f"{p}: the folder is empty (no files); give a folder of DICOM files of one CT study"
+            )
+        study = Study(str(p), series=dicom.discover(p, files), workers=workers)
+    elif volume_format(p) is not None:
+        study = _open_volume(p, volume_format(p) or "")
+    elif zipfile.is_zipfile(p):
+        study = _open_zip(p, workers)
+    else:
+        study = Study(str(p), series=dicom.discover(p, [str(p)]), workers=workers)
+    if study.n_slices < min_slices:
+        what = "a single slice" if study.n_slices == 1 else f"{study.n_slices} slices"
+        raise InputError(
+            f"{p}: {what} where a volume of at least {min_slices} slices is needed; give the folder of the "
+            "whole series"
+        )
+    for w in study.meta.warnings:
+        log.warning("%s: %s", p.name, w)
+    return study
+
+
+def _open_volume(p: Path, fmt: str) -> Study:
+    hu, spacing, origin, direction = read_volume_image(p)
+    normal = -direction[:, 2] / np.linalg.norm(direction[:, 2])
+    positions = [float(np.dot(origin + direction[:, 2] * spacing[0] * k, normal)) for k in range(hu.shape[0])]
+    meta = StudyMeta(modality="CT", input_format=fmt)
+    slices = [SliceInfo("", pos, None) for pos in positions]
+    org = (float(origin[0]), float(origin[1]), float(origin[2]))
+    return Study(str(p), volume=CTVolume(hu, spacing, org, direction, slices, meta), input_format=fmt)
+
+
+def _open_zip(p: Path, workers: int | None) -> Study:
+    tmp = tempfile.TemporaryDirectory(prefix="covidct-zip-")
+    try:
+        root = safe_extract_zip(p, tmp.name)
+        files = dicom.find_files(root)
+        if not files:
+            raise InputError(f"{p}: the zip archive holds no files; zip the folder of one DICOM series")
+
+        def display(real: str) -> str:
+            return f"{p}!{Path(real).relative_to(root).as_posix()}"
+
+        series = dicom.discover(p, files, display=display)
+    except BaseException:
+        tmp.cleanup()
+        raise
+    return Study(str(p), series=series, workers=workers, tmpdir=tmp, input_format="dicom-zip")
+
+
+def load_study(
+    path: str | Path, *, workers: int | None = None, progress: bool = False, min_slices: int = 2
+) -> CTVolume:
+    """Load a whole study as a :class:`CTVolume` (``open_study(path).read()``); see :func:`open_study`."""
+    study = open_study(path, workers=workers, min_slices=min_slices)
+    try:
+        return study.read(progress=progress)
+    finally:
+        study.close()
