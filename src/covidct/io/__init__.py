@@ -1,7 +1,19 @@
 """Ingestion: DICOM folders, zips, multi-frame files and NIfTI/NRRD/MHA volumes into a :class:`CTVolume`."""
 
+from covidct.io.checks import ChestCheck, check_chest_ct, require_chest_ct
 from covidct.io.formats import safe_extract_zip
 from covidct.io.loader import Study, load_study, open_study
 from covidct.io.volume import CTVolume, SliceInfo, StudyMeta
 
-__all__ = ["CTVolume", "SliceInfo", "Study", "StudyMeta", "load_study", "open_study", "safe_extract_zip"]
+__all__ = [
+    "CTVolume",
+    "ChestCheck",
+    "SliceInfo",
+    "Study",
+    "StudyMeta",
+    "check_chest_ct",
+    "load_study",
+    "open_study",
+    "require_chest_ct",
+    "safe_extract_zip",
+]
