@@ -1,0 +1,78 @@
+"""``covidct evaluate``: score predictions or a diagnosed cohort as in the paper's Tables 2 and 3."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from covidct.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="metrics, ablation (Table 2), per-class table (Table 3) and confusion matrices",
+        description="Either score an existing predictions CSV (--predictions) or diagnose a labelled cohort "
+        "(--data with --model). Writes metrics.json, summary.md and confusion-matrix PNGs into OUT_DIR. "
+        "Predictions CSV: case,truth,prediction[,p_normal,p_cap,p_covid19][,slice_predictions]"
+        "[,slice_truth][,time_s].",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", metavar="CSV", help="predictions CSV to score")
+    src.add_argument("--data", metavar="DIR", help="labelled cohort (COVID-CT-MD layout) to diagnose first")
+    p.add_argument("--model", metavar="MODEL_DIR", help="pipeline folder (with --data)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (with --data; default cpu)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the results")
+    p.add_argument(
+        "--bootstrap", type=int, default=1000, metavar="N", help="AUC bootstrap resamples (default 1000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.set_defaults(func=run)
+
+
+def _print_summary(metrics: dict[str, Any], out: Path) -> None:
+    patient = metrics["patient"]
+    oa = patient["overall_accuracy"]
+    acc = "n/a" if oa["value"] is None else f"{100 * oa['value']:.2f}%"
+    print(f"patients: {patient['n']}  accuracy {acc} ({oa['numerator']}/{oa['denominator']})")
+    for variant, row in metrics.get("ablation", {}).get("variants", {}).items():
+        a = row["accuracy"]
+        v = "n/a" if a["value"] is None else f"{100 * a['value']:.2f}%"
+        print(f"  rule variant {variant:<14} accuracy {v}")
+    print(f"written: {out / 'metrics.json'}, {out / 'summary.md'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = Path(args.output)
+    if args.bootstrap < 0:
+        raise ConfigError("--bootstrap must be >= 0")
+    if args.predictions:
+        if args.model:
+            raise ConfigError("--model is only used with --data; to score a CSV pass --predictions alone")
+        from covidct.evaluate.predictions import read_predictions
+        from covidct.evaluate.report import write_evaluation
+
+        records = read_predictions(args.predictions)
+        metrics = write_evaluation(records, out, n_boot=args.bootstrap, seed=args.seed)
+    else:
+        if not args.model:
+            raise ConfigError("--data needs --model MODEL_DIR (the pipeline folder to diagnose with)")
+        try:  # imported by name: the cohort runner belongs to the diagnosis stage
+            cohort = importlib.import_module("covidct.evaluate.cohort")
+        except ModuleNotFoundError as exc:
+            if exc.name != "covidct.evaluate.cohort":
+                raise
+            raise ConfigError(
+                "evaluating a cohort (--data) is not available in this version; diagnose the studies and "
+                "pass --predictions preds.csv instead"
+            ) from exc
+        metrics = cohort.evaluate_cohort(args.data, args.model, out, device=args.device)
+    if sys.stdout is not None:
+        _print_summary(metrics, out)
+    return 0

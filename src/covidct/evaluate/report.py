@@ -1,0 +1,228 @@
+"""Write an evaluation: ``metrics.json``, confusion-matrix PNGs and a Markdown summary (paper Tables 2 and 3).
+
+``metrics.json`` layout (undefined values - a zero denominator, an AUC with one class absent - are JSON
+``null``, never ``NaN``)::
+
+    {"classes": ["normal", "cap", "covid19"],
+     "undefined_values": "null",
+     "patient": {"n", "overall_accuracy": RATE, "confusion_matrix": [[...]] (rows truth, cols prediction),
+                 "per_class": {class: {"tp","fp","fn","tn","support", accuracy|sensitivity|specificity|
+                                        fpr|fnr|fdr|precision|f1: RATE}},
+                 "kappa", "roc_auc": {class: {"value", "ci95": [lo, hi] | null, "n_boot", "n_boot_valid"}}},
+     "slice": {same as patient, without roc_auc} | null,
+     "ablation": {"n", "n_missing", "n_incomplete", "params", "variants": {variant: {...}}},
+     "timing": {"n_timed", "total_s", "per_study_mean_s", "per_study_median_s", "per_study_max_s"},
+     "cases": [{"case", "truth", "prediction", "correct"}],
+     "files": {...}}
+
+where ``RATE = {"value": float | null, "numerator": int, "denominator": int}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct.evaluate.ablation import ablation_markdown, ablation_table
+from covidct.evaluate.metrics import RATE_NAMES, classification_summary
+from covidct.evaluate.plots import confusion_matrix_png
+from covidct.evaluate.predictions import PredictionRecord, to_records
+from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
+
+__all__ = ["metrics_markdown", "write_evaluation"]
+
+log = logging.getLogger(__name__)
+
+SliceRecord = tuple[str, Sequence[int], Sequence[int]]
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _slice_pairs(
+    records: Sequence[PredictionRecord], slice_records: Iterable[SliceRecord] | None
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Concatenated (truth, prediction) slice labels, skipping slices without a label or a prediction."""
+    pairs: list[tuple[Sequence[int], Sequence[int], str]] = []
+    if slice_records is not None:
+        pairs = [(t, p, c) for c, t, p in slice_records]
+    else:
+        pairs = [
+            (r.slice_truth, r.slice_predictions, r.case)
+            for r in records
+            if r.slice_truth and r.slice_predictions
+        ]
+    if not pairs:
+        return None
+    truth, pred = [], []
+    for t, p, case in pairs:
+        if len(t) != len(p):
+            raise ValueError(f"case {case!r}: {len(t)} slice labels but {len(p)} slice predictions")
+        ta, pa = np.asarray(t, dtype=np.int64), np.asarray(p, dtype=np.int64)
+        ok = (ta >= 0) & (pa >= 0)
+        truth.append(ta[ok])
+        pred.append(pa[ok])
+    return np.concatenate(truth), np.concatenate(pred)
+
+
+def _timing(records: Sequence[PredictionRecord], timing: Mapping[str, Any] | None) -> dict[str, Any]:
+    per: dict[str, float] = {r.case: r.time_s for r in records if r.time_s is not None}
+    total: float | None = None
+    if timing is not None:
+        per.update({str(k): float(v) for k, v in dict(timing.get("per_study_s", {})).items()})
+        if timing.get("total_s") is not None:
+            total = float(timing["total_s"])
+    values = list(per.values())
+    if total is None and values:
+        total = float(sum(values))
+    return {
+        "n_timed": len(values),
+        "total_s": total,
+        "per_study_mean_s": statistics.fmean(values) if values else None,
+        "per_study_median_s": statistics.median(values) if values else None,
+        "per_study_max_s": max(values) if values else None,
+    }
+
+
+def _fmt(rate: Mapping[str, Any]) -> str:
+    v = rate["value"]
+    return "n/a" if v is None else f"{100 * v:.2f}%"
+
+
+def metrics_markdown(summary: Mapping[str, Any], *, title: str) -> str:
+    """Table 3 layout: one row per class, columns accuracy, sensitivity, specificity, ... with counts."""
+    lines = [f"### {title}", ""]
+    oa = summary["overall_accuracy"]
+    kappa = summary.get("kappa")
+    lines.append(
+        f"Overall accuracy **{_fmt(oa)}** ({oa['numerator']}/{oa['denominator']}); Cohen's kappa "
+        f"{'n/a' if kappa is None else f'{kappa:.3f}'}."
+    )
+    lines += [
+        "",
+        "| Class | " + " | ".join(n.upper() if len(n) <= 3 else n.capitalize() for n in RATE_NAMES) + " |",
+    ]
+    lines.append("|" + "---|" * (1 + len(RATE_NAMES)))
+    for name, display in zip(CLASS_NAMES, DISPLAY_NAMES, strict=True):
+        m = summary["per_class"][name]
+        cells = [f"{_fmt(m[k])} ({m[k]['numerator']}/{m[k]['denominator']})" for k in RATE_NAMES]
+        lines.append(f"| {display} | " + " | ".join(cells) + " |")
+    lines += ["", "Confusion matrix (rows truth, columns prediction):", ""]
+    lines.append("| Truth \\ Prediction | " + " | ".join(DISPLAY_NAMES) + " |")
+    lines.append("|---|" + "---|" * len(DISPLAY_NAMES))
+    for display, row in zip(DISPLAY_NAMES, summary["confusion_matrix"], strict=True):
+        lines.append(f"| {display} | " + " | ".join(str(v) for v in row) + " |")
+    if "roc_auc" in summary:
+        lines += ["", "| Class | ROC AUC | 95% CI (bootstrap) |", "|---|---|---|"]
+        for name, display in zip(CLASS_NAMES, DISPLAY_NAMES, strict=True):
+            a = summary["roc_auc"][name]
+            auc = "n/a" if a["value"] is None else f"{a['value']:.3f}"
+            ci = "n/a" if a["ci95"] is None else f"{a['ci95'][0]:.3f}-{a['ci95'][1]:.3f}"
+            lines.append(f"| {display} | {auc} | {ci} |")
+    return "\n".join(lines) + "\n"
+
+
+def _timing_markdown(t: Mapping[str, Any]) -> str:
+    if not t["n_timed"] and t["total_s"] is None:
+        return "_No timing recorded._\n"
+    parts = [f"Total diagnosis time {t['total_s']:.1f} s" if t["total_s"] is not None else "Total time n/a"]
+    if t["n_timed"]:
+        parts.append(
+            f"per study mean {t['per_study_mean_s']:.2f} s, median {t['per_study_median_s']:.2f} s, "
+            f"max {t['per_study_max_s']:.2f} s over {t['n_timed']} studies"
+        )
+    return "; ".join(parts) + " (the paper: 35 min for 98 patients, about 21 s per patient).\n"
+
+
+def write_evaluation(
+    records: Iterable[PredictionRecord | Sequence[Any]],
+    out_dir: str | Path,
+    *,
+    slice_records: Iterable[SliceRecord] | None = None,
+    timing: Mapping[str, Any] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Score patient predictions; write ``metrics.json``, ``confusion_patient.png``, ``confusion_slice.png``
+    (when slice labels exist) and ``summary.md`` into ``out_dir``; return the metrics dict (as written).
+
+    ``records``: :class:`PredictionRecord` s or ``(case, truth, StudyResult | Decision | class)`` tuples.
+    ``slice_records``: ``(case, slice_truth, slice_predictions)`` label sequences (``-1`` = skip), overriding
+    the records' own ``slice_truth``. ``timing``: optional ``{"total_s": float, "per_study_s": {case: s}}``
+    (per-study times otherwise come from the records). AUC uses the records' scores when all have them.
+    """
+    recs = to_records(records)
+    if not recs:
+        raise ValueError("no records to evaluate")
+    if any(r.truth < 0 for r in recs):
+        raise ValueError("every record needs a truth label to be evaluated")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    truth = np.array([r.truth for r in recs])
+    pred = np.array([r.prediction for r in recs])
+    scores = None
+    if all(r.scores is not None for r in recs):
+        scores = np.array([r.scores for r in recs], dtype=np.float64)
+    patient = classification_summary(truth, pred, scores=scores, n_boot=n_boot, seed=seed)
+    files = {"metrics": "metrics.json", "summary": "summary.md", "confusion_patient": "confusion_patient.png"}
+    confusion_matrix_png(
+        np.array(patient["confusion_matrix"]), out / files["confusion_patient"], title="Patients"
+    )
+    slice_summary = None
+    pairs = _slice_pairs(recs, slice_records)
+    if pairs is not None and pairs[0].size:
+        slice_summary = classification_summary(*pairs)
+        files["confusion_slice"] = "confusion_slice.png"
+        confusion_matrix_png(
+            np.array(slice_summary["confusion_matrix"]), out / files["confusion_slice"], title="Slices"
+        )
+    ablation = ablation_table(recs)
+    time_info = _timing(recs, timing)
+    metrics: dict[str, Any] = {
+        "classes": list(CLASS_NAMES),
+        "undefined_values": "null",
+        "patient": patient,
+        "slice": slice_summary,
+        "ablation": ablation,
+        "timing": time_info,
+        "cases": [
+            {
+                "case": r.case,
+                "truth": CLASS_NAMES[r.truth],
+                "prediction": CLASS_NAMES[r.prediction],
+                "correct": r.truth == r.prediction,
+            }
+            for r in recs
+        ],
+        "files": files,
+    }
+    text = json.dumps(metrics, indent=2, allow_nan=False)
+    md = [
+        "# covidct evaluation",
+        "",
+        f"{len(recs)} studies. Undefined rates (zero denominator) are shown as n/a and written as null.",
+        "",
+        "## Table 2 - ablation of the patient rule (patient-level accuracy)",
+        "",
+        ablation_markdown(ablation),
+        "## Table 3 - per-class performance",
+        "",
+        metrics_markdown(patient, title="Patient level"),
+    ]
+    if slice_summary is not None:
+        md += [metrics_markdown(slice_summary, title="Slice level")]
+    md += ["## Diagnosis time", "", _timing_markdown(time_info)]
+    _atomic_write_text(out / files["summary"], "\n".join(md))
+    _atomic_write_text(out / files["metrics"], text + "\n")
+    log.info("evaluation written to %s (accuracy %s)", out, _fmt(patient["overall_accuracy"]))
+    return json.loads(text)
