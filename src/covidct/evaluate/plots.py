@@ -97,10 +97,10 @@ def readers_chart_png(rows: Mapping[str, Mapping[str, Any]], path: str | Path) -
                     bar.get_x() + bar.get_width() / 2, bar.get_height() + 1, text, ha="center", fontsize=8
                 )
         ax1.set_xticks(x, names, rotation=20)
-        ax1.set_ylim(0, 110)
+        ax1.set_ylim(0, 125)
         ax1.set_ylabel("%")
         ax1.set_title("Diagnostic performance")
-        ax1.legend(loc="lower right", fontsize=8)
+        ax1.legend(loc="upper left", ncol=2, fontsize=8, frameon=False)
         times = values("mean_time_s")
         bars = ax2.bar(x, np.nan_to_num(times), 0.6, color="tab:gray")
         for bar, v in zip(bars, times, strict=True):

@@ -214,6 +214,8 @@ def write_evaluation(
         "",
         "## Table 2 - ablation of the patient rule (patient-level accuracy)",
         "",
+        "Each variant re-applies the rule to the slice predictions; Table 3 scores the predictions as given.",
+        "",
         ablation_markdown(ablation),
         "## Table 3 - per-class performance",
         "",
