@@ -1,0 +1,264 @@
+"""Ingestion of synthetic DICOM series: order, geometry, HU, series choice, damaged files, lazy decoding."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import phantom, write_slice  # tests/io/conftest.py
+from pydicom.uid import generate_uid
+
+from covidct.errors import InputError
+from covidct.io import dicom, load_study, open_study
+
+
+def test_volume_matches_phantom_superior_first(tmp_path: Path, write_series) -> None:
+    hu = phantom(6)
+    write_series(tmp_path / "s", hu, z0=50.0, dz=2.5)
+    vol = load_study(tmp_path / "s", workers=1)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert vol.hu.dtype == np.int16
+    assert vol.spacing == pytest.approx((2.5, 0.7, 0.8))
+    assert vol.slice_positions_mm == pytest.approx([50.0 - 2.5 * k for k in range(6)])
+    assert vol.origin == pytest.approx((-10.0, -20.0, 50.0))
+    np.testing.assert_allclose(vol.direction, np.diag([1.0, 1.0, -1.0]))
+    assert [s.instance_number for s in vol.slices] == [1, 2, 3, 4, 5, 6]
+    assert vol.meta.manufacturer == "SYNTH"
+    assert vol.meta.warnings == []
+
+
+def test_order_never_from_file_names_or_instance_numbers(tmp_path: Path, write_series) -> None:
+    hu = phantom(7)
+    names = [f"{n}.dcm" for n in (5, 1, 10, 3, 100, 2, 7)]  # a lexical or numeric name order is wrong
+    paths = write_series(tmp_path / "s", hu, names=names)
+    # and scramble the instance numbers too: position must win
+    for p, inst in zip(paths, [3, 1, 7, 2, 5, 6, 4], strict=True):
+        import pydicom
+
+        ds = pydicom.dcmread(p)
+        ds.InstanceNumber = inst
+        ds.save_as(p)
+    vol = load_study(tmp_path / "s", workers=1)
+    np.testing.assert_array_equal(vol.hu, hu)
+
+
+def test_shuffled_copy_gives_identical_volume(tmp_path: Path, write_series) -> None:
+    hu = phantom(9)
+    src = tmp_path / "orig"
+    write_series(src, hu)
+    files = sorted(src.iterdir())
+    rng = random.Random(3)
+    rng.shuffle(files)
+    dst = tmp_path / "shuffled" / "deeper"
+    dst.mkdir(parents=True)
+    for i, f in enumerate(files):
+        shutil.copy(f, dst / f"x{rng.randrange(10**6)}_{i}")
+    a = load_study(src, workers=1)
+    b = load_study(tmp_path / "shuffled", workers=1)
+    np.testing.assert_array_equal(a.hu, b.hu)
+    assert a.slice_positions_mm == b.slice_positions_mm
+    assert a.origin == b.origin
+
+
+@pytest.mark.parametrize(("flip_x", "reverse_normal"), [(True, False), (False, True), (True, True)])
+def test_flipped_orientation_gives_same_anatomy(tmp_path: Path, write_series, flip_x, reverse_normal) -> None:
+    hu = phantom(5)
+    write_series(tmp_path / "ref", hu)
+    write_series(tmp_path / "flip", hu, flip_x=flip_x, reverse_normal=reverse_normal)
+    ref = load_study(tmp_path / "ref", workers=1)
+    flipped = load_study(tmp_path / "flip", workers=1)
+    np.testing.assert_array_equal(flipped.hu, ref.hu)
+    assert flipped.origin == pytest.approx(ref.origin)
+    np.testing.assert_allclose(flipped.direction, ref.direction)
+    assert flipped.slice_positions_mm == pytest.approx(ref.slice_positions_mm)
+
+
+def test_padding_and_out_of_field_become_air(tmp_path: Path) -> None:
+    uid, study = generate_uid(), generate_uid()
+    hu = np.full((2, 8, 8), 40, dtype=np.int16)
+    hu[:, 0, :] = -2000 - 1024  # GE: stored -2000 (the padding value) with intercept -1024
+    hu[:, 1, :] = -3000  # out of field, no padding value
+    for k in range(2):
+        write_slice(
+            tmp_path / f"{k}.dcm", hu[k], ipp=(0, 0, -k), series_uid=uid, study_uid=study, padding=-2000
+        )
+    vol = load_study(tmp_path, workers=1)
+    assert vol.hu.min() == -1024
+    assert (vol.hu[:, 0, :] == -1024).all() and (vol.hu[:, 1, :] == -1024).all()
+    assert (vol.hu[:, 2:, :] == 40).all()
+
+
+def test_toshiba_style_intercept_zero_minus_2048(tmp_path: Path) -> None:
+    uid, study = generate_uid(), generate_uid()
+    hu = np.full((8, 8), -2048, dtype=np.int16)
+    hu[2:6, 2:6] = 30
+    for k in range(3):
+        write_slice(tmp_path / f"{k}.dcm", hu, ipp=(0, 0, k), series_uid=uid, study_uid=study, intercept=0.0)
+    vol = load_study(tmp_path, workers=1)
+    assert vol.hu.min() == -1024 and vol.hu.max() == 30
+
+
+def test_non_integer_rescale_gives_float(tmp_path: Path) -> None:
+    uid, study = generate_uid(), generate_uid()
+    hu = np.full((8, 8), 100.0)
+    for k in range(2):
+        write_slice(tmp_path / f"{k}.dcm", hu, ipp=(0, 0, k), series_uid=uid, study_uid=study, slope=0.5)
+    vol = load_study(tmp_path, workers=1)
+    assert vol.hu.dtype == np.float32
+    assert np.allclose(vol.hu, 100.0)
+
+
+def test_chooses_largest_axial_ct_series_and_reports_skipped(tmp_path: Path, write_series) -> None:
+    study = generate_uid()
+    write_series(tmp_path / "a", phantom(6), study_uid=study)
+    write_series(tmp_path / "b", phantom(3), study_uid=study, series_number=3)
+    write_series(
+        tmp_path / "loc", phantom(9), study_uid=study, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")
+    )
+    write_series(tmp_path / "der", phantom(9), study_uid=study, image_type=("DERIVED", "SECONDARY", "AXIAL"))
+    write_series(tmp_path / "mr", phantom(9), study_uid=study, modality="MR")
+    uid = generate_uid()
+    (tmp_path / "cor").mkdir()
+    for k in range(9):  # a coronal reformat with more images than anything else
+        write_slice(
+            tmp_path / "cor" / f"{k}.dcm",
+            phantom(1)[0],
+            ipp=(0, k, 0),
+            iop=(1, 0, 0, 0, 0, -1),
+            series_uid=uid,
+            study_uid=study,
+        )
+    vol = load_study(tmp_path, workers=1)
+    assert vol.n_slices == 6
+    reasons = {Path(s["path"]).parent.name: s["reason"] for s in vol.meta.skipped}
+    assert "localizer" in reasons["loc"]
+    assert "derived" in reasons["der"]
+    assert "MR" in reasons["mr"] and "not CT" in reasons["mr"]
+    assert "coronal" in reasons["cor"]
+    assert "another series" in reasons["b"]
+    assert len(vol.meta.skipped) == 3 + 9 + 9 + 9 + 9
+
+
+def test_only_derived_series_is_used_with_a_warning(tmp_path: Path, write_series) -> None:
+    write_series(tmp_path, phantom(4), image_type=("DERIVED", "SECONDARY", "AXIAL"))
+    vol = load_study(tmp_path, workers=1)
+    assert vol.n_slices == 4
+    assert any("derived" in w for w in vol.meta.warnings)
+
+
+def test_duplicate_positions_and_uneven_gaps_warn(tmp_path: Path, write_series) -> None:
+    hu = phantom(6)
+    paths = write_series(tmp_path, hu)
+    shutil.copy(paths[2], tmp_path / "dup.dcm")
+    paths[4].unlink()  # a missing slice: one gap of 4 mm among 2 mm gaps
+    vol = load_study(tmp_path, workers=1)
+    assert vol.n_slices == 5
+    assert any("duplicat" in w for w in vol.meta.warnings)
+    assert any("uneven slice gaps" in w for w in vol.meta.warnings)
+    assert any("duplicate slice position" in s["reason"] for s in vol.meta.skipped)
+    assert vol.spacing[0] == pytest.approx(2.0)
+
+
+def test_truncated_and_garbage_files_are_skipped_with_warning(tmp_path: Path, write_series) -> None:
+    paths = write_series(tmp_path, phantom(5))
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) - 200])
+    (tmp_path / "junk.dcm").write_bytes(b"\x00garbage" * 50)
+    vol = load_study(tmp_path, workers=1)
+    assert vol.n_slices == 4
+    skipped = {Path(s["path"]).name: s["reason"] for s in vol.meta.skipped}
+    assert "truncated" in skipped[paths[1].name]
+    assert "not a DICOM" in skipped["junk.dcm"]
+    assert any("truncated" in w for w in vol.meta.warnings)
+
+
+def test_slice_location_fallback(tmp_path: Path) -> None:
+    uid, study = generate_uid(), generate_uid()
+    hu = phantom(3)
+    for k, loc in enumerate([10.0, 8.0, 6.0]):
+        write_slice(
+            tmp_path / f"f{2 - k}.dcm", hu[k], ipp=None, slice_location=loc, series_uid=uid, study_uid=study
+        )
+    vol = load_study(tmp_path, workers=1)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert any("SliceLocation" in w for w in vol.meta.warnings)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p / "missing", "no such file or folder"),
+        (lambda p: p, "empty"),
+        (lambda p: (p / "a.dcm").write_text("hello") and p, "no DICOM files"),
+    ],
+)
+def test_bad_inputs_simple(tmp_path: Path, make, message: str) -> None:
+    with pytest.raises(InputError, match=message):
+        load_study(make(tmp_path))
+
+
+def test_not_ct_is_refused(tmp_path: Path, write_series) -> None:
+    write_series(tmp_path, phantom(4), modality="MR")
+    with pytest.raises(InputError, match=r"not CT \(modality MR\)"):
+        load_study(tmp_path)
+
+
+def test_no_pixel_data_is_refused(tmp_path: Path, write_series) -> None:
+    write_series(tmp_path, phantom(3), with_pixels=False)
+    with pytest.raises(InputError, match="no image data"):
+        load_study(tmp_path)
+
+
+def test_single_slice_is_refused_unless_allowed(tmp_path: Path, write_series) -> None:
+    write_series(tmp_path, phantom(1))
+    with pytest.raises(InputError, match="a single slice where a volume"):
+        load_study(tmp_path)
+    assert load_study(tmp_path, min_slices=1).n_slices == 1
+
+
+def test_open_study_reads_only_requested_slices(tmp_path: Path, write_series, monkeypatch) -> None:
+    hu = phantom(8)
+    write_series(tmp_path, hu)
+    study = open_study(tmp_path, workers=1)
+    assert study.n_slices == 8
+    assert study.slice_positions_mm == pytest.approx([100.0 - 2 * k for k in range(8)])
+    decoded: list[str] = []
+    real = dicom.decode_group
+
+    def spy(path, force, items):
+        decoded.append(Path(path).name)
+        return real(path, force, items)
+
+    monkeypatch.setattr(dicom, "decode_group", spy)
+    part = study.read([5, 2])
+    assert sorted(decoded) == ["IM0002.dcm", "IM0005.dcm"]
+    np.testing.assert_array_equal(part.hu, hu[[2, 5]])
+    assert part.slice_positions_mm == pytest.approx([96.0, 90.0])
+    assert part.meta.extra["indices"] == [2, 5]
+    with pytest.raises(ValueError, match="slice indices"):
+        study.read([8])
+
+
+def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_series) -> None:
+    hu = phantom(10)
+    write_series(tmp_path, hu)
+    serial = load_study(tmp_path, workers=1)
+    parallel = load_study(tmp_path, workers=2)
+    np.testing.assert_array_equal(serial.hu, parallel.hu)
+    np.testing.assert_array_equal(open_study(tmp_path).read().hu, serial.hu)
+
+
+def test_phi_kept_apart_and_never_logged(tmp_path: Path, write_series, caplog) -> None:
+    paths = write_series(tmp_path, phantom(4))
+    paths[0].write_bytes(paths[0].read_bytes()[:-100])  # provoke a warning in the log
+    with caplog.at_level(logging.DEBUG):
+        vol = load_study(tmp_path, workers=1)
+    assert vol.meta.phi["PatientName"] == "Doe^Jane"
+    assert vol.meta.phi["PatientID"] == "SECRET-ID-42"
+    assert caplog.records, "expected a warning about the truncated file"
+    assert "SECRET-ID-42" not in caplog.text and "Doe^Jane" not in caplog.text
+    assert "20200102" not in caplog.text
