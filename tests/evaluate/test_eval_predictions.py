@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from covidct.decide import decide
@@ -82,3 +84,14 @@ def test_to_records_from_decisions_and_names() -> None:
     assert (recs[1].truth, recs[1].prediction) == (0, 1)
     with pytest.raises(ValueError, match="duplicate"):
         to_records([("a", 0, 0), ("a", 1, 1)])
+
+
+def test_to_records_from_study_result_like_object() -> None:
+    probs = np.full((10, 3), np.nan)
+    probs[1:9] = [0.2, 0.2, 0.6]  # kept range is [1, 9) for 10 slices
+    probs[4] = [0.6, 0.2, 0.2]
+    result = SimpleNamespace(decision=decide(probs), probabilities=probs, timing_s={"total": 3.5})
+    (rec,) = to_records([("P001", "covid19", result)])
+    assert rec.prediction == 2 and rec.time_s == 3.5
+    assert rec.scores == pytest.approx((0.25, 0.2, 0.55))
+    assert rec.slice_predictions is not None and rec.slice_predictions[0] == -1

@@ -191,6 +191,14 @@ def _from_result(case: str, truth: int, obj: Any) -> PredictionRecord:
     if hasattr(decision, "slice_predictions") and hasattr(decision, "label"):
         fr = decision.fractions
         scores = (float(fr["normal"]), float(fr["cap"]), float(fr["covid19"]))
+        probs = getattr(obj, "probabilities", None)
+        if probs is not None:
+            start, stop = decision.kept
+            kept = np.asarray(probs, dtype=np.float64)[start:stop]
+            kept = kept[~np.isnan(kept).any(axis=1)]
+            if kept.size:
+                mean = kept.mean(axis=0)
+                scores = (float(mean[0]), float(mean[1]), float(mean[2]))
         timing = getattr(obj, "timing_s", None) or {}
         t = timing.get("total")
         return PredictionRecord(
@@ -207,8 +215,9 @@ def _from_result(case: str, truth: int, obj: Any) -> PredictionRecord:
 def to_records(records: Iterable[PredictionRecord | Sequence[Any]]) -> list[PredictionRecord]:
     """Normalise ``PredictionRecord`` s and ``(case, truth, result_or_prediction)`` tuples.
 
-    ``result_or_prediction`` is a ``StudyResult``, a ``Decision`` (scores = the kept-slice vote fractions,
-    slice predictions and ``timing_s["total"]`` taken from it) or a class name / label.
+    ``result_or_prediction`` is a ``StudyResult`` (scores = mean slice probabilities over the classified kept
+    slices; slice predictions from its decision; time = ``timing_s["total"]``), a ``Decision`` (scores = the
+    kept-slice vote fractions) or a class name / label.
     """
     out: list[PredictionRecord] = []
     for item in records:
