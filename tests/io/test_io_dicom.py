@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import phantom, write_slice  # tests/io/conftest.py
+from dicom_writer import phantom, write_slice
 from pydicom.uid import generate_uid
 
 from covidct.errors import InputError
