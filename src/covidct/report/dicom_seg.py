@@ -1,0 +1,202 @@
+"""The lung mask as a DICOM Segmentation (highdicom) that references the source CT series.
+
+Two segments, BINARY: 1 = right lung (SNOMED CT 3341006 "Right lung"), 2 = left lung (SNOMED CT 44029006
+"Left lung"), both with category SNOMED CT 123037004 "Anatomical Structure" and algorithm type AUTOMATIC.
+Every slice gets a frame per segment, empty ones included (``omit_empty_frames=False``), so viewers such as
+OHIF and 3D Slicer map frames to source slices one to one. After writing, the file is read back and its
+frame count and pixels are compared with the mask before it is renamed into place.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covidct import __version__
+from covidct.errors import InputError
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+    from covidct.io.volume import CTVolume
+
+log = logging.getLogger(__name__)
+
+#: (segment number, label, SNOMED CT code value, code meaning) of the two lung segments.
+SEGMENTS: tuple[tuple[int, str, str, str], ...] = (
+    (1, "Right lung", "3341006", "Right lung"),
+    (2, "Left lung", "44029006", "Left lung"),
+)
+#: SNOMED CT "Anatomical Structure", the segmented property category of both segments.
+CATEGORY: tuple[str, str] = ("123037004", "Anatomical Structure")
+
+
+def _split_source(source: str) -> tuple[str, int | None]:
+    """``"path"`` -> (path, None); ``"path#k"`` -> (path, k) for a frame of a multi-frame file."""
+    if "#" in source:
+        path, _, frame = source.rpartition("#")
+        if frame.isdigit():
+            return path, int(frame)
+    return source, None
+
+
+def source_datasets_for(volume: CTVolume) -> tuple[list[Dataset], np.ndarray]:
+    """Read the source DICOM headers of ``volume`` and the slice order that matches their frames.
+
+    Returns ``(datasets, order)``: ``mask[order]`` lists the mask's slices in the order highdicom expects
+    (one per single-frame dataset, or one per frame of a single multi-frame dataset).
+    """
+    import pydicom
+
+    if not volume.slices or any(not s.source for s in volume.slices):
+        raise InputError(
+            f"a DICOM SEG needs the source DICOM series, but this study was read from "
+            f"{volume.meta.input_format or 'a non-DICOM file'}; write the NIfTI mask instead"
+        )
+    parts = [_split_source(s.source) for s in volume.slices]
+    paths = {p for p, _ in parts}
+    if all(f is None for _, f in parts):
+        datasets: list[Dataset] = []
+        for p, _ in parts:
+            try:
+                datasets.append(pydicom.dcmread(p, stop_before_pixels=True))
+            except (OSError, pydicom.errors.InvalidDicomError) as exc:
+                raise InputError(f"{p}: cannot re-read the source DICOM file for the SEG ({exc})") from exc
+        return datasets, np.arange(len(parts))
+    if len(paths) == 1 and all(f is not None for _, f in parts):
+        path = next(iter(paths))
+        frames = np.array([f for _, f in parts], dtype=np.int64)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        n_frames = int(getattr(ds, "NumberOfFrames", 1))
+        base = 1 if frames.min() >= 1 and frames.max() == n_frames else 0
+        order = np.argsort(frames - base)
+        if sorted(frames - base) != list(range(n_frames)):
+            raise InputError(f"{path}: the volume does not use every frame of the multi-frame source once")
+        return [ds], order
+    raise InputError(
+        "the volume's slices come from a mix of multi-frame and single-frame files; cannot write SEG"
+    )
+
+
+def _segment_descriptions() -> list[Any]:
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+    from pydicom.sr.coding import Code
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="covidct lung segmentation", family=codes.cid7162.ArtificialIntelligence, version=__version__
+    )
+    category = Code(CATEGORY[0], "SCT", CATEGORY[1])
+    return [
+        hd.seg.SegmentDescription(
+            segment_number=number,
+            segment_label=label,
+            segmented_property_category=category,
+            segmented_property_type=Code(code, "SCT", meaning),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+            algorithm_identification=algorithm,
+            tracking_uid=hd.UID(),
+            tracking_id=label,
+        )
+        for number, label, code, meaning in SEGMENTS
+    ]
+
+
+def write_dicom_seg(
+    volume: CTVolume | Any,
+    mask: np.ndarray,
+    out_path: str | Path,
+    *,
+    source_datasets: Sequence[Dataset] | None = None,
+    series_number: int = 901,
+) -> Path:
+    """Write ``mask`` (uint8 (z, y, x), 0 bg / 1 right / 2 left) as a DICOM SEG for ``volume``'s series.
+
+    ``volume`` may also be a ``StudyResult`` (its ``.volume`` is used). ``source_datasets`` (the source
+    headers, in the volume's slice order, or one multi-frame dataset) are read from
+    ``volume.slices[i].source`` when not given. Raises :class:`InputError` when the study has no DICOM source.
+    """
+    import highdicom as hd
+
+    if hasattr(volume, "volume") and hasattr(volume, "decision"):
+        volume = volume.volume
+    m = np.asarray(mask)
+    if m.shape != tuple(volume.shape):
+        raise ValueError(f"mask shape {m.shape} does not match volume shape {volume.shape}")
+    if m.size and (m.min() < 0 or m.max() > 2):
+        raise ValueError(f"mask values must be 0, 1 or 2 (bg/right/left), found {np.unique(m)[:8].tolist()}")
+    if source_datasets is None:
+        datasets, order = source_datasets_for(volume)
+    else:
+        datasets, order = list(source_datasets), np.arange(m.shape[0])
+    for ds in datasets:
+        if (int(ds.Rows), int(ds.Columns)) != m.shape[1:]:
+            raise InputError(
+                f"source image {ds.SOPInstanceUID} is {ds.Rows}x{ds.Columns} but the mask slices are "
+                f"{m.shape[1]}x{m.shape[2]}; the SEG must be written on the original pixel grid"
+            )
+    frames = np.ascontiguousarray(m[order].astype(np.uint8))
+    seg = hd.seg.Segmentation(
+        source_images=datasets,
+        pixel_array=frames,
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_segment_descriptions(),
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="covidct",
+        manufacturer_model_name="covidct lung segmentation",
+        software_versions=__version__,
+        device_serial_number="none",
+        content_label="LUNGS",
+        content_description="Right and left lung (automatic, research use only)",
+        series_description="covidct lung mask (research use only)",
+        omit_empty_frames=False,
+    )
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    seg.save_as(tmp)
+    try:
+        verify_dicom_seg(tmp, frames, datasets)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(out)
+    log.debug("wrote DICOM SEG %s (%d frames)", out.name, frames.shape[0] * len(SEGMENTS))
+    return out
+
+
+def verify_dicom_seg(path: str | Path, frames: np.ndarray, source_datasets: Sequence[Dataset]) -> None:
+    """Re-read a SEG and check it holds every frame and exactly ``frames`` (label map in source order).
+
+    Raises ``RuntimeError`` naming the difference.
+    """
+    import highdicom as hd
+
+    seg = hd.seg.segread(str(path))
+    expected = int(frames.shape[0]) * len(SEGMENTS)
+    got = int(getattr(seg, "NumberOfFrames", 1))
+    if got != expected:
+        raise RuntimeError(f"{path}: the SEG has {got} frames, expected {expected} (frames were dropped)")
+    if len(source_datasets) == 1 and frames.shape[0] > 1:
+        back = seg.get_pixels_by_source_frame(
+            source_sop_instance_uid=source_datasets[0].SOPInstanceUID,
+            source_frame_numbers=list(range(1, frames.shape[0] + 1)),
+            combine_segments=True,
+        )
+    else:
+        back = seg.get_pixels_by_source_instance(
+            source_sop_instance_uids=[ds.SOPInstanceUID for ds in source_datasets], combine_segments=True
+        )
+    back = np.asarray(back)
+    if back.shape != frames.shape or not np.array_equal(back.astype(np.uint8), frames):
+        diff = int(np.count_nonzero(back != frames)) if back.shape == frames.shape else -1
+        raise RuntimeError(
+            f"{path}: SEG pixels differ from the mask ({diff} voxels; shapes {back.shape} vs {frames.shape})"
+        )

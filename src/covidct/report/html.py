@@ -1,0 +1,239 @@
+"""The per-study HTML report: one self-contained file (images inlined as base64 PNG, no external assets).
+
+Contents: the diagnosis and per-class mean slice probabilities, the rule trace in words, the slice strip
+(``covidct.report.strip`` when installed, else a probability plot), a mosaic of the slices that drove the
+decision with Grad-CAM heat maps (when a model is given), lung volumes, the model identity and software
+versions, and the statement that this is a research tool, not a medical device. Patient name, ID and the
+input path appear only with ``show_phi=True``.
+"""
+
+from __future__ import annotations
+
+import html
+import importlib
+import logging
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
+from covidct.report.images import (
+    composite,
+    data_uri,
+    driving_slices,
+    heat_rgba,
+    mask_rgba,
+    png_bytes,
+    slice_grey,
+)
+
+if TYPE_CHECKING:
+    from covidct.diagnose import StudyResult
+    from covidct.report.gradcam import SliceExplainer
+
+log = logging.getLogger(__name__)
+
+DISCLAIMER = (
+    "Research tool, not a medical device. covidct has not been cleared or approved for clinical use; "
+    "its output must not be used to diagnose, treat or triage patients."
+)
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1100px;
+color:#1b1f24;line-height:1.4;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
+.warn{background:#fff4e5;border:1px solid #f0a020;padding:8px 12px;border-radius:6px}
+.dx{font-size:1.6em;font-weight:600}
+table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
+pre{background:#f6f8fa;padding:10px;border-radius:6px;white-space:pre-wrap}
+.mosaic{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:10px}
+.mosaic figure{margin:0}.mosaic img{width:100%;image-rendering:auto;border-radius:4px}
+figcaption{font-size:.85em;color:#444}.strip{max-width:100%}
+"""
+
+
+def mean_probabilities(result: StudyResult) -> dict[str, float]:
+    """Per-class mean of the slice probabilities over the kept, classified slices (NaN when none)."""
+    start, stop = result.decision.kept
+    probs = np.asarray(result.probabilities, dtype=np.float64)[start:stop]
+    rows = probs[~np.isnan(probs).any(axis=1)] if probs.size else probs
+    if rows.shape[0] == 0:
+        return {name: float("nan") for name in CLASS_NAMES}
+    means = rows.mean(axis=0)
+    return {name: float(means[i]) for i, name in enumerate(CLASS_NAMES)}
+
+
+def probability_plot_png(result: StudyResult) -> bytes:
+    """Per-slice class probabilities along z with the kept range shaded (used when no slice strip exists)."""
+    import io
+
+    from matplotlib.figure import Figure
+
+    probs = np.asarray(result.probabilities, dtype=np.float64)
+    fig = Figure(figsize=(9, 2.8), dpi=100)
+    ax = fig.add_subplot(1, 1, 1)
+    start, stop = result.decision.kept
+    ax.axvspan(start - 0.5, stop - 0.5, color="#e8e8e8", label="kept by the rule")
+    x = np.arange(probs.shape[0])
+    for i, name in enumerate(DISPLAY_NAMES):
+        ax.plot(x, probs[:, i], label=name, color=("#4c72b0", "#dd8452", "#c44e52")[i], lw=1.4)
+    ax.set_xlim(-0.5, max(0.5, probs.shape[0] - 0.5))
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("slice (0 = most superior)")
+    ax.set_ylabel("probability")
+    ax.legend(loc="upper right", fontsize=8, ncol=4)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _strip_png(result: StudyResult) -> tuple[bytes, str]:
+    """The slice strip from ``covidct.report.strip`` if it exists, else our probability plot."""
+    try:
+        strip = importlib.import_module("covidct.report.strip")
+    except ImportError:
+        return probability_plot_png(result), "Per-slice probabilities (slice strip not installed)"
+    with tempfile.TemporaryDirectory(prefix="covidct-report-") as tmp:
+        path = Path(strip.slice_strip(result, Path(tmp) / "strip.png"))
+        return path.read_bytes(), "Slice strip: thumbnails along z and per-slice probabilities"
+
+
+def _mosaic(result: StudyResult, explainer: SliceExplainer | None, n: int) -> list[tuple[str, str]]:
+    """(data URI, caption) per driving slice; with Grad-CAM of the decided class when ``explainer``."""
+    picks = driving_slices(result, n=n)
+    cls = CLASS_NAMES.index(result.decision.diagnosis)
+    cams = None
+    if explainer is not None and picks:
+        cams = explainer.slice_maps(result.volume, result.mask, picks, class_idx=[cls] * len(picks))
+    tiles = []
+    for k, i in enumerate(picks):
+        grey = slice_grey(result.volume, i)
+        overlays = [mask_rgba(result.mask[i]) // np.array([1, 1, 1, 3], dtype=np.uint8)]
+        if cams is not None:
+            overlays.append(heat_rgba(cams[k]))
+        rgb = composite(grey, *overlays)
+        p = float(result.probabilities[i, cls])
+        caption = f"slice {i}: P({DISPLAY_NAMES[cls]}) = {p:.2f}"
+        tiles.append((data_uri(png_bytes(rgb)), caption))
+    return tiles
+
+
+def _table(rows: list[tuple[str, Any]]) -> str:
+    body = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+def render_report(
+    result: StudyResult,
+    *,
+    explainer: SliceExplainer | None = None,
+    show_phi: bool = False,
+    mosaic_slices: int = 6,
+) -> str:
+    """The report as an HTML string (see :func:`write_report`)."""
+    from covidct.diagnose import lung_volumes_ml
+
+    d = result.decision
+    cls = CLASS_NAMES.index(d.diagnosis)
+    means = mean_probabilities(result)
+    vol = result.volume
+    parts: list[str] = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>covidct report: {html.escape(DISPLAY_NAMES[cls])}</title><style>{_CSS}</style></head><body>",
+        "<h1>covidct study report</h1>",
+        f"<p class='warn' id='disclaimer'><strong>{html.escape(DISCLAIMER)}</strong></p>",
+        "<h2>Diagnosis</h2>",
+        f"<p class='dx' id='diagnosis'>{html.escape(DISPLAY_NAMES[cls])}</p>",
+    ]
+    prob_rows = [
+        (
+            f"{DISPLAY_NAMES[i]}",
+            f"mean slice probability {means[name]:.3f}; slices {d.counts.get(name, 0)}"
+            f" ({100 * d.fractions.get(name, 0.0):.1f} % of kept)",
+        )
+        for i, name in enumerate(CLASS_NAMES)
+    ]
+    parts.append(_table(prob_rows))
+    parts.append("<h2>How the rule decided</h2>")
+    parts.append(f"<pre id='trace'>{html.escape(d.explain())}</pre>")
+
+    strip_png, strip_caption = _strip_png(result)
+    parts.append("<h2>Slices along z</h2>")
+    parts.append(
+        f"<figure><img class='strip' alt='slice strip' src='{data_uri(strip_png)}'>"
+        f"<figcaption>{html.escape(strip_caption)}</figcaption></figure>"
+    )
+
+    tiles = _mosaic(result, explainer, mosaic_slices)
+    heat_note = (
+        "Grad-CAM heat maps of the decided class (ResNet layer4) over the lung window; lung mask tinted."
+        if explainer is not None
+        else "Heat maps unavailable (no model was given to the report writer); lung mask tinted."
+    )
+    parts.append("<h2>Slices that drove the decision</h2>")
+    parts.append(f"<p>{html.escape(heat_note)}</p><div class='mosaic' id='mosaic'>")
+    for uri, caption in tiles:
+        parts.append(f"<figure><img alt='{html.escape(caption)}' src='{uri}'>")
+        parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    parts.append("</div>")
+
+    lv = lung_volumes_ml(np.asarray(result.mask), vol)
+    parts.append("<h2>Lungs and study</h2>")
+    study_rows: list[tuple[str, Any]] = [
+        ("right lung volume", f"{lv['right']:.1f} ml"),
+        ("left lung volume", f"{lv['left']:.1f} ml"),
+        ("slices", vol.n_slices),
+        ("matrix (y, x)", f"{vol.shape[1]} x {vol.shape[2]}"),
+        ("spacing (z, y, x)", " x ".join(f"{s:.3g}" for s in vol.spacing) + " mm"),
+        ("input format", vol.meta.input_format),
+    ]
+    if vol.meta.manufacturer:
+        study_rows.append(("manufacturer", vol.meta.manufacturer))
+    if show_phi:
+        study_rows.append(("input", result.input))
+        study_rows.extend(sorted(vol.meta.phi.items()))
+    parts.append(_table(study_rows))
+    if not show_phi:
+        parts.append("<p><em>Patient name, ID and input path are hidden (show them with show_phi).</em></p>")
+
+    parts.append("<h2>Model and software</h2>")
+    model_rows = [(f"model {k}", v) for k, v in sorted(result.model.items())]
+    model_rows += [(k, v) for k, v in sorted(result.software.items())]
+    model_rows += [(f"time {k}", f"{v:.2f} s") for k, v in sorted(result.timing_s.items())]
+    parts.append(_table(model_rows))
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    parts.append(f"<p><small>Written {stamp}. {html.escape(DISCLAIMER)}</small></p></body></html>")
+    return "\n".join(parts)
+
+
+def write_report(
+    result: StudyResult,
+    out_path: str | Path,
+    *,
+    diagnoser: Any | None = None,
+    show_phi: bool = False,
+    explainer: SliceExplainer | None = None,
+    mosaic_slices: int = 6,
+) -> Path:
+    """Write the self-contained HTML report of one study; returns the path.
+
+    Grad-CAM heat maps are drawn when ``explainer`` is given, or made from ``diagnoser.pipeline.classifier``
+    when a ``diagnoser`` is given. The file is written under a temporary name and renamed.
+    """
+    if explainer is None and diagnoser is not None:
+        from covidct.report.gradcam import SliceExplainer
+
+        explainer = SliceExplainer.from_diagnoser(diagnoser)
+    text = render_report(result, explainer=explainer, show_phi=show_phi, mosaic_slices=mosaic_slices)
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.partial")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)
+    log.debug("wrote report %s", out.name)
+    return out
