@@ -81,7 +81,7 @@ def read_predictions(path: str | Path, *, require_truth: bool = True) -> list[Pr
     path = Path(path)
     if not path.is_file():
         raise InputError(
-            f"{path}: predictions file not found (pass the CSV written by covidct diagnose/evaluate)"
+            f"{path}: predictions file not found; check the path (a CSV with columns case,truth,prediction)"
         )
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
