@@ -78,19 +78,6 @@ def lung_volumes_ml(mask: np.ndarray, volume: CTVolume) -> dict[str, float]:
     }
 
 
-def software_versions() -> dict[str, str]:
-    """Versions of covidct and the libraries that shape its answers."""
-    from importlib import metadata
-
-    versions: dict[str, str] = {}
-    for dist in ("covidct", "torch", "monai", "numpy", "pydicom", "SimpleITK", "onnxruntime"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
 class Diagnoser:
     """Segment, classify and decide for many studies with models loaded once.
 
@@ -113,7 +100,7 @@ class Diagnoser:
         classify_all: bool = False,
         workers: int | None = None,
     ) -> None:
-        from covidct.bundle import load_pipeline
+        from covidct.bundle import load_pipeline, software_versions
 
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
@@ -124,7 +111,7 @@ class Diagnoser:
         self.workers = workers
         self.pipeline = load_pipeline(self.model_dir, device=device)
         self.backend = self._install_backend(backend)
-        rule = dict(self.pipeline.card.get("rule", {}))
+        rule = self.pipeline.rule
         self.head = float(rule.get("head", TRUNCATE_HEAD))
         self.tail = float(rule.get("tail", TRUNCATE_TAIL))
         self.threshold = float(rule.get("threshold", ABNORMAL_FRACTION_THRESHOLD))
@@ -192,7 +179,7 @@ class Diagnoser:
         decision = decide(probs, head=self.head, tail=self.tail, threshold=self.threshold)
         timing["decide"] = time.perf_counter() - t
         timing["total"] = time.perf_counter() - t_start
-        model = dict(self.pipeline.identity)
+        model: dict[str, Any] = dict(self.pipeline.identity.to_json())
         model["backend"] = self.backend
         return StudyResult(
             input=name,
