@@ -9,15 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_writer import phantom, write_slice
 from pydicom.uid import generate_uid
 
 from covidct.errors import InputError
 from covidct.io import dicom, load_study, open_study
 
 
-def test_volume_matches_phantom_superior_first(tmp_path: Path, write_series) -> None:
-    hu = phantom(6)
+def test_volume_matches_phantom_superior_first(tmp_path: Path, write_series, dw) -> None:
+    hu = dw.phantom(6)
     write_series(tmp_path / "s", hu, z0=50.0, dz=2.5)
     vol = load_study(tmp_path / "s", workers=1)
     np.testing.assert_array_equal(vol.hu, hu)
@@ -31,8 +30,8 @@ def test_volume_matches_phantom_superior_first(tmp_path: Path, write_series) -> 
     assert vol.meta.warnings == []
 
 
-def test_order_never_from_file_names_or_instance_numbers(tmp_path: Path, write_series) -> None:
-    hu = phantom(7)
+def test_order_never_from_file_names_or_instance_numbers(tmp_path: Path, write_series, dw) -> None:
+    hu = dw.phantom(7)
     names = [f"{n}.dcm" for n in (5, 1, 10, 3, 100, 2, 7)]  # a lexical or numeric name order is wrong
     paths = write_series(tmp_path / "s", hu, names=names)
     # and scramble the instance numbers too: position must win
@@ -46,8 +45,8 @@ def test_order_never_from_file_names_or_instance_numbers(tmp_path: Path, write_s
     np.testing.assert_array_equal(vol.hu, hu)
 
 
-def test_shuffled_copy_gives_identical_volume(tmp_path: Path, write_series) -> None:
-    hu = phantom(9)
+def test_shuffled_copy_gives_identical_volume(tmp_path: Path, write_series, dw) -> None:
+    hu = dw.phantom(9)
     src = tmp_path / "orig"
     write_series(src, hu)
     files = sorted(src.iterdir())
@@ -65,8 +64,10 @@ def test_shuffled_copy_gives_identical_volume(tmp_path: Path, write_series) -> N
 
 
 @pytest.mark.parametrize(("flip_x", "reverse_normal"), [(True, False), (False, True), (True, True)])
-def test_flipped_orientation_gives_same_anatomy(tmp_path: Path, write_series, flip_x, reverse_normal) -> None:
-    hu = phantom(5)
+def test_flipped_orientation_gives_same_anatomy(
+    tmp_path: Path, write_series, flip_x, reverse_normal, dw
+) -> None:
+    hu = dw.phantom(5)
     write_series(tmp_path / "ref", hu)
     write_series(tmp_path / "flip", hu, flip_x=flip_x, reverse_normal=reverse_normal)
     ref = load_study(tmp_path / "ref", workers=1)
@@ -77,13 +78,13 @@ def test_flipped_orientation_gives_same_anatomy(tmp_path: Path, write_series, fl
     assert flipped.slice_positions_mm == pytest.approx(ref.slice_positions_mm)
 
 
-def test_padding_and_out_of_field_become_air(tmp_path: Path) -> None:
+def test_padding_and_out_of_field_become_air(tmp_path: Path, dw) -> None:
     uid, study = generate_uid(), generate_uid()
     hu = np.full((2, 8, 8), 40, dtype=np.int16)
     hu[:, 0, :] = -2000 - 1024  # GE: stored -2000 (the padding value) with intercept -1024
     hu[:, 1, :] = -3000  # out of field, no padding value
     for k in range(2):
-        write_slice(
+        dw.write_slice(
             tmp_path / f"{k}.dcm", hu[k], ipp=(0, 0, -k), series_uid=uid, study_uid=study, padding=-2000
         )
     vol = load_study(tmp_path, workers=1)
@@ -92,41 +93,45 @@ def test_padding_and_out_of_field_become_air(tmp_path: Path) -> None:
     assert (vol.hu[:, 2:, :] == 40).all()
 
 
-def test_toshiba_style_intercept_zero_minus_2048(tmp_path: Path) -> None:
+def test_toshiba_style_intercept_zero_minus_2048(tmp_path: Path, dw) -> None:
     uid, study = generate_uid(), generate_uid()
     hu = np.full((8, 8), -2048, dtype=np.int16)
     hu[2:6, 2:6] = 30
     for k in range(3):
-        write_slice(tmp_path / f"{k}.dcm", hu, ipp=(0, 0, k), series_uid=uid, study_uid=study, intercept=0.0)
+        dw.write_slice(
+            tmp_path / f"{k}.dcm", hu, ipp=(0, 0, k), series_uid=uid, study_uid=study, intercept=0.0
+        )
     vol = load_study(tmp_path, workers=1)
     assert vol.hu.min() == -1024 and vol.hu.max() == 30
 
 
-def test_non_integer_rescale_gives_float(tmp_path: Path) -> None:
+def test_non_integer_rescale_gives_float(tmp_path: Path, dw) -> None:
     uid, study = generate_uid(), generate_uid()
     hu = np.full((8, 8), 100.0)
     for k in range(2):
-        write_slice(tmp_path / f"{k}.dcm", hu, ipp=(0, 0, k), series_uid=uid, study_uid=study, slope=0.5)
+        dw.write_slice(tmp_path / f"{k}.dcm", hu, ipp=(0, 0, k), series_uid=uid, study_uid=study, slope=0.5)
     vol = load_study(tmp_path, workers=1)
     assert vol.hu.dtype == np.float32
     assert np.allclose(vol.hu, 100.0)
 
 
-def test_chooses_largest_axial_ct_series_and_reports_skipped(tmp_path: Path, write_series) -> None:
+def test_chooses_largest_axial_ct_series_and_reports_skipped(tmp_path: Path, write_series, dw) -> None:
     study = generate_uid()
-    write_series(tmp_path / "a", phantom(6), study_uid=study)
-    write_series(tmp_path / "b", phantom(3), study_uid=study, series_number=3)
+    write_series(tmp_path / "a", dw.phantom(6), study_uid=study)
+    write_series(tmp_path / "b", dw.phantom(3), study_uid=study, series_number=3)
     write_series(
-        tmp_path / "loc", phantom(9), study_uid=study, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")
+        tmp_path / "loc", dw.phantom(9), study_uid=study, image_type=("ORIGINAL", "PRIMARY", "LOCALIZER")
     )
-    write_series(tmp_path / "der", phantom(9), study_uid=study, image_type=("DERIVED", "SECONDARY", "AXIAL"))
-    write_series(tmp_path / "mr", phantom(9), study_uid=study, modality="MR")
+    write_series(
+        tmp_path / "der", dw.phantom(9), study_uid=study, image_type=("DERIVED", "SECONDARY", "AXIAL")
+    )
+    write_series(tmp_path / "mr", dw.phantom(9), study_uid=study, modality="MR")
     uid = generate_uid()
     (tmp_path / "cor").mkdir()
     for k in range(9):  # a coronal reformat with more images than anything else
-        write_slice(
+        dw.write_slice(
             tmp_path / "cor" / f"{k}.dcm",
-            phantom(1)[0],
+            dw.phantom(1)[0],
             ipp=(0, k, 0),
             iop=(1, 0, 0, 0, 0, -1),
             series_uid=uid,
@@ -143,15 +148,15 @@ def test_chooses_largest_axial_ct_series_and_reports_skipped(tmp_path: Path, wri
     assert len(vol.meta.skipped) == 3 + 9 + 9 + 9 + 9
 
 
-def test_only_derived_series_is_used_with_a_warning(tmp_path: Path, write_series) -> None:
-    write_series(tmp_path, phantom(4), image_type=("DERIVED", "SECONDARY", "AXIAL"))
+def test_only_derived_series_is_used_with_a_warning(tmp_path: Path, write_series, dw) -> None:
+    write_series(tmp_path, dw.phantom(4), image_type=("DERIVED", "SECONDARY", "AXIAL"))
     vol = load_study(tmp_path, workers=1)
     assert vol.n_slices == 4
     assert any("derived" in w for w in vol.meta.warnings)
 
 
-def test_duplicate_positions_and_uneven_gaps_warn(tmp_path: Path, write_series) -> None:
-    hu = phantom(6)
+def test_duplicate_positions_and_uneven_gaps_warn(tmp_path: Path, write_series, dw) -> None:
+    hu = dw.phantom(6)
     paths = write_series(tmp_path, hu)
     shutil.copy(paths[2], tmp_path / "dup.dcm")
     paths[4].unlink()  # a missing slice: one gap of 4 mm among 2 mm gaps
@@ -163,8 +168,8 @@ def test_duplicate_positions_and_uneven_gaps_warn(tmp_path: Path, write_series) 
     assert vol.spacing[0] == pytest.approx(2.0)
 
 
-def test_truncated_and_garbage_files_are_skipped_with_warning(tmp_path: Path, write_series) -> None:
-    paths = write_series(tmp_path, phantom(5))
+def test_truncated_and_garbage_files_are_skipped_with_warning(tmp_path: Path, write_series, dw) -> None:
+    paths = write_series(tmp_path, dw.phantom(5))
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[: len(data) - 200])
     (tmp_path / "junk.dcm").write_bytes(b"\x00garbage" * 50)
@@ -176,11 +181,11 @@ def test_truncated_and_garbage_files_are_skipped_with_warning(tmp_path: Path, wr
     assert any("truncated" in w for w in vol.meta.warnings)
 
 
-def test_slice_location_fallback(tmp_path: Path) -> None:
+def test_slice_location_fallback(tmp_path: Path, dw) -> None:
     uid, study = generate_uid(), generate_uid()
-    hu = phantom(3)
+    hu = dw.phantom(3)
     for k, loc in enumerate([10.0, 8.0, 6.0]):
-        write_slice(
+        dw.write_slice(
             tmp_path / f"f{2 - k}.dcm", hu[k], ipp=None, slice_location=loc, series_uid=uid, study_uid=study
         )
     vol = load_study(tmp_path, workers=1)
@@ -201,27 +206,27 @@ def test_bad_inputs_simple(tmp_path: Path, make, message: str) -> None:
         load_study(make(tmp_path))
 
 
-def test_not_ct_is_refused(tmp_path: Path, write_series) -> None:
-    write_series(tmp_path, phantom(4), modality="MR")
+def test_not_ct_is_refused(tmp_path: Path, write_series, dw) -> None:
+    write_series(tmp_path, dw.phantom(4), modality="MR")
     with pytest.raises(InputError, match=r"not CT \(modality MR\)"):
         load_study(tmp_path)
 
 
-def test_no_pixel_data_is_refused(tmp_path: Path, write_series) -> None:
-    write_series(tmp_path, phantom(3), with_pixels=False)
+def test_no_pixel_data_is_refused(tmp_path: Path, write_series, dw) -> None:
+    write_series(tmp_path, dw.phantom(3), with_pixels=False)
     with pytest.raises(InputError, match="no image data"):
         load_study(tmp_path)
 
 
-def test_single_slice_is_refused_unless_allowed(tmp_path: Path, write_series) -> None:
-    write_series(tmp_path, phantom(1))
+def test_single_slice_is_refused_unless_allowed(tmp_path: Path, write_series, dw) -> None:
+    write_series(tmp_path, dw.phantom(1))
     with pytest.raises(InputError, match="a single slice where a volume"):
         load_study(tmp_path)
     assert load_study(tmp_path, min_slices=1).n_slices == 1
 
 
-def test_open_study_reads_only_requested_slices(tmp_path: Path, write_series, monkeypatch) -> None:
-    hu = phantom(8)
+def test_open_study_reads_only_requested_slices(tmp_path: Path, write_series, monkeypatch, dw) -> None:
+    hu = dw.phantom(8)
     write_series(tmp_path, hu)
     study = open_study(tmp_path, workers=1)
     assert study.n_slices == 8
@@ -243,8 +248,8 @@ def test_open_study_reads_only_requested_slices(tmp_path: Path, write_series, mo
         study.read([8])
 
 
-def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_series) -> None:
-    hu = phantom(10)
+def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_series, dw) -> None:
+    hu = dw.phantom(10)
     write_series(tmp_path, hu)
     serial = load_study(tmp_path, workers=1)
     parallel = load_study(tmp_path, workers=2)
@@ -252,8 +257,8 @@ def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_
     np.testing.assert_array_equal(open_study(tmp_path).read().hu, serial.hu)
 
 
-def test_phi_kept_apart_and_never_logged(tmp_path: Path, write_series, caplog) -> None:
-    paths = write_series(tmp_path, phantom(4))
+def test_phi_kept_apart_and_never_logged(tmp_path: Path, write_series, caplog, dw) -> None:
+    paths = write_series(tmp_path, dw.phantom(4))
     paths[0].write_bytes(paths[0].read_bytes()[:-100])  # provoke a warning in the log
     with caplog.at_level(logging.DEBUG):
         vol = load_study(tmp_path, workers=1)

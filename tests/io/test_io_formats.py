@@ -10,7 +10,6 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
-from dicom_writer import phantom
 from pydicom.data import get_testdata_file
 
 from covidct.errors import InputError
@@ -27,8 +26,8 @@ def _write_image(path: Path, hu_zyx: np.ndarray, direction: np.ndarray, origin=(
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
-def test_volume_formats_come_back_canonical(tmp_path: Path, suffix: str) -> None:
-    hu = phantom(5)  # canonical: z toward the feet
+def test_volume_formats_come_back_canonical(tmp_path: Path, suffix: str, dw) -> None:
+    hu = dw.phantom(5)  # canonical: z toward the feet
     # store it the NIfTI-typical way: z index toward the head, i.e. the slices reversed
     _write_image(tmp_path / f"v{suffix}", np.ascontiguousarray(hu[::-1]), np.diag([1.0, 1.0, 1.0]))
     vol = load_study(tmp_path / f"v{suffix}")
@@ -40,8 +39,8 @@ def test_volume_formats_come_back_canonical(tmp_path: Path, suffix: str) -> None
     assert vol.meta.input_format in ("nifti", "nrrd", "mha")
 
 
-def test_canonicalize_undoes_a_transpose_and_flips() -> None:
-    hu = phantom(4, rows=6, cols=5)
+def test_canonicalize_undoes_a_transpose_and_flips(dw) -> None:
+    hu = dw.phantom(4, rows=6, cols=5)
     stored = np.ascontiguousarray(np.transpose(hu, (0, 2, 1))[:, ::-1, :])  # x<->y, then new y flipped
     direction = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, -1.0]])  # x->P, y->-L, z->I
     out, spacing, origin, d = canonicalize(stored, (2.0, 0.5, 0.9), np.zeros(3), direction)
@@ -51,8 +50,8 @@ def test_canonicalize_undoes_a_transpose_and_flips() -> None:
     assert origin == pytest.approx([-0.5 * 4, 0.0, 0.0])  # x index 0 = stored row 4, 0.5 mm toward -L
 
 
-def test_open_study_read_subset_of_volume_file(tmp_path: Path) -> None:
-    hu = phantom(6)
+def test_open_study_read_subset_of_volume_file(tmp_path: Path, dw) -> None:
+    hu = dw.phantom(6)
     _write_image(tmp_path / "v.nii.gz", np.ascontiguousarray(hu), np.diag([1.0, 1.0, -1.0]))
     study = open_study(tmp_path / "v.nii.gz")
     part = study.read([1, 4])
@@ -68,8 +67,8 @@ def test_corrupt_volume_file_is_an_input_error(tmp_path: Path) -> None:
         load_study(tmp_path / "bad.nii.gz")
 
 
-def test_zip_of_a_dicom_folder(tmp_path: Path, write_series) -> None:
-    hu = phantom(5)
+def test_zip_of_a_dicom_folder(tmp_path: Path, write_series, dw) -> None:
+    hu = dw.phantom(5)
     write_series(tmp_path / "series" / "sub", hu)
     archive = tmp_path / "study.zip"
     with zipfile.ZipFile(archive, "w") as zf:
