@@ -6,7 +6,9 @@ below the root, one sub-folder per patient; ``Index.csv`` and ``Slice-level-labe
 ``Index.csv`` (``Label Index,Diagnosis,Relative Path,Folder/ID``) maps a patient to a row of the label arrays.
 Label Index runs 0-42 then 44-79: an older release had 80 rows and one case (old row 43) was removed from the
 arrays without renumbering the index, so with the 79-row arrays **row = Label Index below 43, Label Index - 1
-above it** (cap001: Label Index 55 -> row 54). With 80-row arrays (old release) row = Label Index. The
+above it** (cap001: Label Index 55 -> row 54). With 80-row arrays (old release) row = Label Index; in general
+the shift is the number of indices missing from Index.csv below the row's index (see :func:`label_row`).
+Synthetic cohorts (same layout) also carry ``masks/<case>_lung.nii.gz`` ground-truth lung masks. The
 ``-updated-1`` label files (corrected labels for P001 and P006) are preferred when present. Label columns run
 superior to inferior and are zero-padded to 200.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -31,15 +34,27 @@ INDEX_GAP: Final[int] = 43
 _MAX_DEPTH: Final[int] = 3
 
 
-def label_row(label_index: int, n_rows: int) -> int:
-    """Array row of a ``Label Index`` given the label array's row count (79 current, 80 old release)."""
+def label_row(label_index: int, n_rows: int, known: Sequence[int] | None = None) -> int:
+    """Array row of a ``Label Index``.
+
+    ``known``: all Label Index values of ``Index.csv``. When the arrays have a row for every index up to the
+    largest (the old 80-row release, synthetic cohorts), row = Label Index. When they have one row per listed
+    index (the current 79-row release), row = Label Index minus the number of unlisted indices below it, i.e.
+    minus 1 above the gap at 43. Without ``known``, the current release's gap at 43 is assumed when
+    ``n_rows < 80``.
+    """
     if label_index < 0:
         raise ValueError(f"Label Index must be >= 0, got {label_index}")
-    if n_rows >= 80 or label_index < INDEX_GAP:
+    if known is None:
+        known = [i for i in range(max(n_rows + 1, 80)) if i != INDEX_GAP]
+    listed = sorted(set(int(k) for k in known))
+    top = max(listed) if listed else -1
+    missing = sorted(set(range(top + 1)) - set(listed))
+    if n_rows >= top + 1 or not missing:
         return label_index
-    if label_index == INDEX_GAP:
-        raise ValueError(f"Label Index {INDEX_GAP} was removed from the {n_rows}-row label arrays")
-    return label_index - 1
+    if label_index in missing:
+        raise ValueError(f"Label Index {label_index} is not listed in Index.csv")
+    return label_index - sum(1 for m in missing if m < label_index)
 
 
 def _folder_class(name: str) -> str | None:
@@ -117,6 +132,7 @@ def read_covidctmd(root: str | Path) -> list[StudyRecord]:
     labels = np.load(label_file) if label_file is not None else None
     if labels is not None:
         log.info("slice labels from %s (%d rows)", label_file.name if label_file else "", labels.shape[0])
+    known = [v[0] for v in index.values()]
     records: list[StudyRecord] = []
     for cls, folder in folders:
         for case_dir in sorted(p for p in folder.iterdir() if p.is_dir() or p.suffix.lower() == ".zip"):
@@ -128,8 +144,17 @@ def read_covidctmd(root: str | Path) -> list[StudyRecord]:
                 if index_cls != cls:
                     log.warning("case in %s: Index.csv says %s; using the folder's class", folder, index_cls)
                 if labels is not None:
-                    row = label_row(label_index, labels.shape[0])
+                    row = label_row(label_index, labels.shape[0], known)
                     if row < labels.shape[0]:
                         slice_labels = np.asarray(labels[row]).astype(np.uint8)
-            records.append(StudyRecord(case=case, path=case_dir, diagnosis=cls, slice_labels=slice_labels))
+            mask = root / "masks" / f"{case}_lung.nii.gz"  # synthetic cohorts: ground-truth lung mask
+            records.append(
+                StudyRecord(
+                    case=case,
+                    path=case_dir,
+                    diagnosis=cls,
+                    slice_labels=slice_labels,
+                    mask_path=mask if mask.is_file() else None,
+                )
+            )
     return records
