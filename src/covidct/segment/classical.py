@@ -1,0 +1,359 @@
+"""Classical lung segmentation (no weights): threshold, airway removal, components, right/left split, filling.
+
+The method, on a grid downsampled in-plane (``downsample``, default 2) for speed:
+
+1. Air = HU below ``air_threshold`` (-320 HU). Air connected, within its axial slice, to the image border is
+   outside the body; the rest is air inside the body (lungs, airways, bowel gas).
+2. Trachea and main bronchi: small (<= ``airway_max_area_mm2``) air regions of a slice close to the body's
+   midline are airway seeds; they are tracked downwards slice by slice while they stay small, until they enter
+   the lungs (where they merge with a large region). Those regions are removed.
+3. 3-D connected components of what is left; the lungs are the largest component and every other component
+   that is not tiny and starts in the upper half of it (bowel gas below the diaphragm starts lower).
+4. Right/left: a component lying on one side of the midline takes that side. A component holding both lungs
+   (they touch at the anterior/posterior junction) is eroded (distance transform) until it falls apart into
+   two large parts on opposite sides; every voxel then takes the label of its nearest part.
+5. Filling, per axial slice and lung: holes (vessels, nodules, consolidation surrounded by aerated lung) are
+   filled, and so are concavities of the lung's convex hull that open towards the chest wall (peripheral and
+   dependent consolidation, effusion); concavities towards the mediastinum (heart, hilum) are left out.
+
+Labels are those of :class:`covidct.registry.LungLabel`: 0 background, 1 the patient's right lung, 2 the
+patient's left lung. Which array column direction is the patient's right comes from ``volume.direction``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from covidct.errors import NotChestCTError
+from covidct.io.volume import CTVolume
+from covidct.registry import AIR_HU, LungLabel
+
+log = logging.getLogger(__name__)
+
+#: Structuring element connecting pixels within an axial slice only (z, y, x): labels each slice separately.
+_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
+_IN_PLANE[1] = ndi.generate_binary_structure(2, 1)
+
+
+@dataclass
+class ClassicalSegmenter:
+    """Threshold-and-morphology lung segmentation; load once (nothing to load), apply to many volumes.
+
+    Parameters are in HU, mm, mm² and ml. ``apply`` raises :class:`NotChestCTError` when no lung is found.
+    """
+
+    name: str = "classical"
+    air_threshold: float = -320.0
+    downsample: int = 2
+    airway_max_area_mm2: float = 600.0
+    airway_midline_mm: float = 25.0
+    min_component_fraction: float = 0.01
+    min_lung_area_mm2: float = 3000.0
+    fill_concavities: bool = True
+
+    def __post_init__(self) -> None:
+        if self.downsample < 1:
+            raise ValueError(f"downsample must be >= 1, got {self.downsample}")
+
+    # ------------------------------------------------------------------ public
+    def apply(self, volume: CTVolume) -> np.ndarray:
+        """Lung mask of ``volume``: uint8 (z, y, x) like ``volume.hu``, 0 background / 1 right / 2 left."""
+        ds = self.downsample
+        low = _downsample(volume.hu, ds)
+        sz, sy, sx = volume.spacing
+        spacing = (float(sz), float(sy) * ds, float(sx) * ds)
+        labels = self._segment_low(low, spacing, _right_is_low_x(volume))
+        full = np.repeat(np.repeat(labels, ds, axis=1), ds, axis=2)[:, : volume.shape[1], : volume.shape[2]]
+        return np.ascontiguousarray(full, dtype=np.uint8)
+
+    # ------------------------------------------------------------------ steps
+    def _segment_low(
+        self, hu: np.ndarray, spacing: tuple[float, float, float], right_low_x: bool
+    ) -> np.ndarray:
+        pixel_mm2 = spacing[1] * spacing[2]
+        air = hu < self.air_threshold
+        outside = _outside_air(air)
+        inside = air & ~outside
+        body = ~outside
+        midline = _midline_x(body)
+        airway = self._airways(inside, midline, pixel_mm2, spacing[2])
+        lungs = self._lung_components(inside & ~airway, pixel_mm2)
+        labels = _split_right_left(lungs, midline, spacing, right_low_x)
+        return _fill(labels, body, midline, spacing[2], fill_concavities=self.fill_concavities)
+
+    def _airways(self, inside: np.ndarray, midline: float, pixel_mm2: float, pixel_mm: float) -> np.ndarray:
+        """Trachea and main bronchi outside the lungs: small air regions seeded at the midline, tracked down."""
+        comps, n = ndi.label(inside, structure=_IN_PLANE)
+        airway = np.zeros_like(inside)
+        if n == 0:
+            return airway
+        flat = comps.reshape(-1, comps.shape[2])
+        count = np.bincount(comps.ravel(), minlength=n + 1).astype(np.float64)
+        xsum = np.bincount(
+            flat.ravel(), weights=np.tile(np.arange(comps.shape[2]), flat.shape[0]), minlength=n + 1
+        )
+        cx = xsum / np.maximum(count, 1)
+        small = count * pixel_mm2 <= self.airway_max_area_mm2
+        small[0] = False
+        seed = small & (np.abs(cx - midline) * pixel_mm <= self.airway_midline_mm)
+        previous = np.zeros(inside.shape[1:], dtype=bool)
+        for z in range(inside.shape[0]):
+            sl = comps[z]
+            keep = seed.copy()
+            if previous.any():
+                touched = np.unique(sl[_dilate_2d(previous) & (sl > 0)])
+                keep[touched[small[touched]]] = True
+            current = keep[sl]
+            airway[z] = current
+            previous = current
+        return airway
+
+    def _lung_components(self, candidates: np.ndarray, pixel_mm2: float) -> np.ndarray:
+        comps, n = ndi.label(candidates)
+        if n == 0:
+            raise NotChestCTError(
+                "no lungs found: no air-filled region inside the body apart from the airways; "
+                "check that the input is a chest CT"
+            )
+        sizes = np.bincount(comps.ravel())
+        sizes[0] = 0
+        largest = int(np.argmax(sizes))
+        zext = ndi.find_objects(comps)
+        lz = zext[largest - 1][0]
+        max_area = float(np.max(np.count_nonzero(comps[lz] == largest, axis=(1, 2)))) * pixel_mm2
+        if max_area < self.min_lung_area_mm2:
+            raise NotChestCTError(
+                f"no lungs found: the largest air region inside the body covers {max_area / 100:.0f} cm² "
+                f"in its largest slice (a lung covers > {self.min_lung_area_mm2 / 100:.0f} cm²); "
+                "check that the input is a chest CT"
+            )
+        limit = lz.start + 0.5 * (lz.stop - lz.start)
+        keep = np.zeros(n + 1, dtype=bool)
+        for label in range(1, n + 1):
+            sl = zext[label - 1]
+            if sl is None:
+                continue
+            big = sizes[label] >= self.min_component_fraction * sizes[largest]
+            keep[label] = big and sl[0].start <= limit
+        return keep[comps]
+
+
+def _downsample(hu: np.ndarray, factor: int) -> np.ndarray:
+    """In-plane block mean (float32), out-of-field values (< -1024 HU) counted as air; pads odd sizes."""
+    data = np.maximum(hu, AIR_HU)
+    if factor == 1:
+        return data.astype(np.float32)
+    py, px = (-data.shape[1]) % factor, (-data.shape[2]) % factor
+    if py or px:
+        data = np.pad(data, ((0, 0), (0, py), (0, px)), mode="edge")
+    total = np.zeros((data.shape[0], data.shape[1] // factor, data.shape[2] // factor), dtype=np.float32)
+    for dy in range(factor):
+        for dx in range(factor):
+            total += data[:, dy::factor, dx::factor]
+    total /= factor * factor
+    return total
+
+
+def _right_is_low_x(volume: CTVolume) -> bool:
+    """True when the patient's right lies at small column indices (LPS: column axis points to the left)."""
+    lps_left = float(volume.direction[0, 0])
+    if abs(lps_left) < 0.5:
+        log.warning(
+            "the image columns are not left-right (direction %s): right/left may be swapped",
+            volume.direction[:, 0].round(2).tolist(),
+        )
+    return lps_left >= 0
+
+
+def _dilate_2d(mask: np.ndarray) -> np.ndarray:
+    """One-pixel 4-neighbour dilation of a 2-D boolean mask."""
+    out = mask.copy()
+    out[1:] |= mask[:-1]
+    out[:-1] |= mask[1:]
+    out[:, 1:] |= mask[:, :-1]
+    out[:, :-1] |= mask[:, 1:]
+    return out
+
+
+def _erode_2d(mask: np.ndarray) -> np.ndarray:
+    """One-pixel 4-neighbour erosion of a 2-D boolean mask (pixels outside the array count as background)."""
+    return ~_dilate_2d(~np.pad(mask, 1))[1:-1, 1:-1]
+
+
+def _fill_holes_2d(mask: np.ndarray) -> np.ndarray:
+    """Fill the holes of every axial slice of ``mask`` (z, y, x) within its bounding box."""
+    out = mask.copy()
+    boxes = ndi.find_objects(mask.astype(np.uint8))
+    if not boxes or boxes[0] is None:
+        return out
+    box = boxes[0]
+    padded = np.pad(mask[box], ((0, 0), (1, 1), (1, 1)))
+    filled = ~_outside_air(~padded)[:, 1:-1, 1:-1]
+    out[box] |= filled
+    return out
+
+
+def _outside_air(air: np.ndarray) -> np.ndarray:
+    """Air connected to the border of its own axial slice."""
+    comps, n = ndi.label(air, structure=_IN_PLANE)
+    border = np.zeros(n + 1, dtype=bool)
+    for edge in (comps[:, 0, :], comps[:, -1, :], comps[:, :, 0], comps[:, :, -1]):
+        border[np.unique(edge)] = True
+    border[0] = False
+    return border[comps]
+
+
+def _midline_x(body: np.ndarray) -> float:
+    """Column of the body's left-right centre (median over slices that show a body)."""
+    counts = body.sum(axis=1)  # (z, x)
+    total = counts.sum(axis=1)
+    valid = total > 0
+    if not valid.any():
+        return body.shape[2] / 2.0
+    xs = np.arange(body.shape[2], dtype=np.float64)
+    centres = (counts[valid] * xs).sum(axis=1) / total[valid]
+    return float(np.median(centres))
+
+
+def _split_right_left(
+    lungs: np.ndarray, midline: float, spacing: tuple[float, float, float], right_low_x: bool
+) -> np.ndarray:
+    """Label the lung voxels 1 (patient's right) or 2 (left), splitting components that hold both lungs."""
+    low_side, high_side = (
+        (LungLabel.RIGHT, LungLabel.LEFT) if right_low_x else (LungLabel.LEFT, LungLabel.RIGHT)
+    )
+    labels = np.zeros(lungs.shape, dtype=np.uint8)
+    comps, _ = ndi.label(lungs)
+    xs = np.arange(lungs.shape[2])
+    for label, sl in enumerate(ndi.find_objects(comps), start=1):
+        if sl is None:
+            continue
+        comp = comps[sl] == label
+        colx = xs[sl[2]][None, None, :]
+        low = int(np.count_nonzero(comp & (colx < midline)))
+        total = int(np.count_nonzero(comp))
+        view = labels[sl]
+        if min(low, total - low) < 0.15 * total:
+            view[comp] = low_side if low >= total - low else high_side
+            continue
+        parts = _erode_apart(comp, spacing, midline - sl[2].start)
+        if parts is None:
+            log.info("lungs could not be separated by erosion; splitting at the midline")
+            view[comp & (colx < midline)] = low_side
+            view[comp & (colx >= midline)] = high_side
+            continue
+        _, nearest = ndi.distance_transform_edt(parts == 0, sampling=spacing, return_indices=True)
+        owner = parts[tuple(nearest)]
+        view[comp & (owner == 1)] = low_side
+        view[comp & (owner == 2)] = high_side
+    return labels
+
+
+def _erode_apart(comp: np.ndarray, spacing: tuple[float, float, float], midline: float) -> np.ndarray | None:
+    """Markers 1 (low-x lung) and 2 (high-x lung) from eroding ``comp`` until it splits, or None."""
+    depth = ndi.distance_transform_edt(comp, sampling=spacing)
+    xs = np.arange(comp.shape[2])[None, None, :]
+    for mm in (1.5, 2.5, 3.5, 5.0, 7.0, 9.0, 12.0):
+        core = depth > mm
+        parts, n = ndi.label(core)
+        if n < 2:
+            continue
+        sizes = np.bincount(parts.ravel())
+        sizes[0] = 0
+        order = np.argsort(sizes)[::-1][:2]
+        a, b = int(order[0]), int(order[1])
+        if sizes[b] < 0.2 * sizes[a]:
+            continue
+        ca = float(np.mean(np.broadcast_to(xs, parts.shape)[parts == a]))
+        cb = float(np.mean(np.broadcast_to(xs, parts.shape)[parts == b]))
+        if (ca - midline) * (cb - midline) >= 0:
+            continue
+        lo, hi = (a, b) if ca < cb else (b, a)
+        markers = np.zeros(comp.shape, dtype=np.uint8)
+        markers[parts == lo] = 1
+        markers[parts == hi] = 2
+        return markers
+    return None
+
+
+def _fill(
+    labels: np.ndarray, body: np.ndarray, midline: float, pixel_mm: float, *, fill_concavities: bool
+) -> np.ndarray:
+    """Fill holes per slice and lung, and the hull concavities of each lung that lie against the chest wall."""
+    out = labels.copy()
+    masks = {int(v): _fill_holes_2d(labels == v) for v in (LungLabel.RIGHT, LungLabel.LEFT)}
+    if fill_concavities:
+        for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
+            depth = _LazyDepth(body[z], pixel_mm)
+            for mask in masks.values():
+                if mask[z].any():
+                    mask[z] = _fill_wall_pockets(mask[z], depth, midline)
+    for value, mask in masks.items():
+        out[mask & (out == 0)] = value
+    return out
+
+
+class _LazyDepth:
+    """Distance (mm) of each pixel of a slice to the outside of the body, computed on first use."""
+
+    def __init__(self, body: np.ndarray, pixel_mm: float) -> None:
+        self._body = body
+        self._pixel_mm = pixel_mm
+        self._depth: np.ndarray | None = None
+
+    def get(self) -> np.ndarray:
+        if self._depth is None:
+            self._depth = (
+                np.asarray(ndi.distance_transform_edt(self._body), dtype=np.float32) * self._pixel_mm
+            )
+        return self._depth
+
+
+def _fill_wall_pockets(
+    mask: np.ndarray, depth_of: _LazyDepth, midline: float, *, medial_ratio: float = 0.6
+) -> np.ndarray:
+    """Add to one lung's 2-D ``mask`` the concavities of its convex hull that lie against the chest wall.
+
+    ``depth_of`` gives each pixel's distance (mm) to the outside of the body. A concavity (a connected part of hull
+    minus lung) is closed by a straight "lid" along the hull. Where the lid runs along the chest wall (its depth
+    below the skin is about that of the lung's own hull-touching border: the chest wall's thickness) and the
+    concavity lies no closer to the midline than ``medial_ratio`` times the lung's mean distance to it, the
+    concavity is pleural: consolidation or effusion against the wall, and it is filled. Where the lid cuts
+    deep through the mediastinum or the abdomen (heart, hilum, diaphragm dome), or the concavity is medial,
+    it is not: the method prefers leaving out a juxta-mediastinal consolidation to swallowing the mediastinum.
+    """
+    from skimage.morphology import convex_hull_image
+
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    if np.count_nonzero(mask) < 8:
+        return mask
+    r0, r1 = max(rows[0] - 1, 0), min(rows[-1] + 2, mask.shape[0])
+    c0, c1 = max(cols[0] - 1, 0), min(cols[-1] + 2, mask.shape[1])
+    crop = mask[r0:r1, c0:c1]
+    hull = convex_hull_image(crop)
+    pockets, n = ndi.label(hull & ~crop)
+    if n == 0:
+        return mask
+    idx = np.arange(1, n + 1)
+    dist = np.broadcast_to(np.abs(np.arange(c0, c1, dtype=np.float64) - midline)[None, :], crop.shape)
+    lateral = np.asarray(ndi.mean(dist, pockets, idx)) >= medial_ratio * float(np.mean(dist[crop]))
+    if not lateral.any():
+        return mask
+    dep = depth_of.get()[r0:r1, c0:c1]
+    rim = hull & ~_erode_2d(hull)
+    wall = dep[rim & crop]
+    if wall.size == 0:
+        return mask
+    thickness = float(np.percentile(wall, 25))
+    lid = rim & (pockets > 0)
+    lid_depth = np.asarray(ndi.median(dep, np.where(lid, pockets, 0), idx), dtype=np.float64)
+    fill = np.zeros(n + 1, dtype=bool)
+    fill[1:] = (np.nan_to_num(lid_depth, nan=np.inf) <= 1.4 * thickness + 10.0) & lateral
+    out = mask.copy()
+    out[r0:r1, c0:c1] |= fill[pockets]
+    return out
