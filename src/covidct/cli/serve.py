@@ -1,0 +1,90 @@
+"""``covidct serve``: the HTTP diagnosis service and its browser viewer (localhost by default)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from covidct.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "serve",
+        help="run the diagnosis service and browser viewer",
+        description="Serve diagnoses over HTTP with a browser viewer. Binds to 127.0.0.1 unless --host "
+        "is given; use --token-file to require a bearer token. Research tool, not a medical device.",
+    )
+    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="pipeline model folder")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
+    )
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--token-file", type=Path, help="file holding the bearer token clients must send")
+    p.add_argument("--max-upload-mb", type=float, default=1024.0, help="largest accepted upload, MiB (1024)")
+    p.add_argument("--workers", type=int, default=1, help="studies diagnosed at the same time (1)")
+    p.add_argument("--max-pending", type=int, default=32, help="studies queued or running before 503 (32)")
+    p.add_argument(
+        "--retention-minutes",
+        type=float,
+        default=60.0,
+        help="delete each study this long after it finished (60)",
+    )
+    p.add_argument("--work-dir", type=Path, help="where uploads live until deleted (default: system temp)")
+    p.add_argument("--device", default="cpu", help="torch device for the models (cpu)")
+    p.add_argument("--backend", default="auto", help="classifier inference backend (auto)")
+    p.set_defaults(func=run)
+
+
+def read_token(path: Path) -> str:
+    """The bearer token from ``path`` (first line, stripped); refuses empty or short tokens."""
+    try:
+        token = (
+            path.read_text(encoding="utf-8").strip().splitlines()[0].strip() if path.stat().st_size else ""
+        )
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the token file ({exc.strerror}); give a readable file"
+        ) from exc
+    if len(token) < 8:
+        raise ConfigError(f"{path}: the token must be at least 8 characters on the first line")
+    return token
+
+
+def run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from covidct.diagnose import Diagnoser
+    from covidct.serve.app import ServeSettings, create_app
+
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port {args.port} is not a TCP port; use 1-65535")
+    token = read_token(args.token_file) if args.token_file else None
+    try:
+        settings = ServeSettings(
+            token=token,
+            max_upload_mb=args.max_upload_mb,
+            workers=args.workers,
+            max_pending=args.max_pending,
+            retention_minutes=args.retention_minutes,
+            work_dir=args.work_dir,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"bad service setting: {exc}") from exc
+    if args.host not in LOOPBACK:
+        log.warning(
+            "binding to %s: other machines can reach this service%s",
+            args.host,
+            "" if token else " WITHOUT authentication (give --token-file)",
+        )
+    diagnoser = Diagnoser(args.model, device=args.device, backend=args.backend)
+    app = create_app(diagnoser, settings=settings)
+    log.info("covidct serve: http://%s:%d/ (API docs at /docs)", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0

@@ -1,0 +1,397 @@
+"""The diagnosis service: a FastAPI app that loads the models once and diagnoses uploaded studies.
+
+Endpoints (all under ``/v1`` need ``Authorization: Bearer <token>`` when a token is set):
+
+- ``POST /v1/studies`` multipart field ``file`` (zip of DICOM, a DICOM file, NIfTI/NRRD/MHA) -> 202 {"id"}
+- ``GET /v1/studies/{id}`` status; when done the ``StudyResult`` JSON under ``"result"``; a study the input
+  made impossible answers 422 with the reason
+- ``GET /v1/studies/{id}/slices/{i}.png`` lung-window slice, ``.../mask/{i}.png`` and ``.../heatmap/{i}.png``
+  transparent overlays of the same size, ``.../report.html``, ``.../seg.dcm``; ``DELETE /v1/studies/{id}``
+- ``GET /healthz``; the viewer at ``/``; OpenAPI docs at ``/docs``.
+
+Upload size is limited (413), zips are extracted with traversal and bomb checks, jobs run in a bounded
+worker pool, and each study's data is deleted ``retention_minutes`` after it finished.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import math
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.types import Message
+
+from covidct import __version__
+from covidct.errors import InputError
+from covidct.registry import CLASS_NAMES, LUNG_WINDOW, MEDIASTINAL_WINDOW
+from covidct.serve.jobs import DONE, FAILED, Job, JobStore, QueueFull
+from covidct.serve.uploads import SAVED_NAMES, UnsupportedUpload, check_gzip_size, extract_zip, sniff
+
+if TYPE_CHECKING:
+    from covidct.diagnose import StudyResult
+    from covidct.report.gradcam import SliceExplainer
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+_MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers on top of the file itself
+_WINDOWS = {"lung": LUNG_WINDOW, "mediastinal": MEDIASTINAL_WINDOW}
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """Service limits. Sizes in MiB, retention in minutes; ``token`` None = no authentication."""
+
+    token: str | None = None
+    max_upload_mb: float = 1024.0
+    workers: int = 1
+    max_pending: int = 32
+    retention_minutes: float = 60.0
+    work_dir: Path | None = None
+    max_unzipped_mb: float = 4096.0
+    max_zip_files: int = 10000
+
+    def __post_init__(self) -> None:
+        if self.max_upload_mb <= 0 or self.max_unzipped_mb <= 0:
+            raise ValueError("upload and unzipped size limits must be positive (MiB)")
+        if self.workers < 1 or self.max_pending < 1 or self.max_zip_files < 1:
+            raise ValueError("workers, max_pending and max_zip_files must be >= 1")
+        if self.retention_minutes <= 0:
+            raise ValueError(f"retention must be positive minutes, got {self.retention_minutes}")
+        if self.token is not None and len(self.token.strip()) < 8:
+            raise ValueError("the bearer token must be at least 8 characters")
+
+
+class _UploadTooLarge(Exception):
+    pass
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None (JSON has no NaN) recursively."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
+    """Copy the uploaded file into the job's ``input`` folder, sniff it, extract zips; returns the source."""
+    limit = int(settings.max_upload_mb * (1 << 20))
+    folder = job.dir / "input"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    tmp = folder / "upload.partial"
+    size = 0
+    with open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise _UploadTooLarge
+            out.write(chunk)
+    if size == 0:
+        raise InputError("the upload is empty; send the study file in the multipart field 'file'")
+    with open(tmp, "rb") as fh:
+        head = fh.read(512)
+    kind = sniff(head)
+    saved = folder / SAVED_NAMES[kind]
+    tmp.replace(saved)
+    job.upload_bytes, job.kind = size, kind
+    max_unzipped = int(settings.max_unzipped_mb * (1 << 20))
+    if kind == "zip":
+        study = extract_zip(saved, folder / "study", max_bytes=max_unzipped, max_files=settings.max_zip_files)
+        saved.unlink()
+        return study
+    if kind == "nifti-gz":
+        check_gzip_size(saved, max_bytes=max_unzipped)
+    return saved
+
+
+def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> FastAPI:
+    """The service for a loaded ``diagnoser`` (anything with ``diagnose(path) -> StudyResult``).
+
+    Grad-CAM heat maps need ``diagnoser.pipeline.classifier`` (``.network`` and ``.preprocess``).
+    """
+    settings = settings or ServeSettings()
+    if settings.work_dir is not None:
+        Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
+    work_dir = Path(tempfile.mkdtemp(prefix="covidct-serve-", dir=settings.work_dir))
+
+    def run(job: Job) -> StudyResult:
+        if job.source is None:
+            raise InputError("the job has no input")
+        result: StudyResult = diagnoser.diagnose(job.source)
+        result.input = f"upload ({job.kind})"  # never the server path or the client's file name
+        return result
+
+    store = JobStore(
+        work_dir,
+        run,
+        workers=settings.workers,
+        max_pending=settings.max_pending,
+        retention_s=settings.retention_minutes * 60.0,
+    )
+    explainer_lock = threading.Lock()
+    explainer_box: list[SliceExplainer] = []
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        store.close(remove=True)
+
+    app = FastAPI(
+        title="covidct",
+        version=__version__,
+        description="Normal / CAP / COVID-19 diagnosis from chest CT. Research tool, not a medical device.",
+        lifespan=lifespan,
+    )
+    app.state.store = store
+    app.state.settings = settings
+    app.state.diagnoser = diagnoser
+
+    def require_token(request: Request) -> None:
+        if settings.token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+            value.strip().encode("utf-8"), settings.token.strip().encode("utf-8")
+        )
+        if not ok:
+            raise HTTPException(
+                401,
+                "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    auth = [Depends(require_token)]
+
+    def explainer() -> SliceExplainer:
+        with explainer_lock:
+            if not explainer_box:
+                classifier = getattr(getattr(diagnoser, "pipeline", None), "classifier", None)
+                if classifier is None:
+                    raise HTTPException(404, "heat maps are not available: the model has no slice classifier")
+                from covidct.report.gradcam import SliceExplainer
+
+                explainer_box.append(SliceExplainer.from_classifier(classifier))
+            return explainer_box[0]
+
+    def finished_job(job_id: str) -> tuple[Job, StudyResult]:
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(
+                404, f"no study {job_id!r} (unknown id, or deleted after the retention period)"
+            )
+        if job.status != DONE or job.result is None:
+            raise HTTPException(
+                409, f"study {job_id} is {job.status}, not done; poll GET /v1/studies/{job_id}"
+            )
+        return job, job.result
+
+    def cached_png(job: Job, name: str, make: Callable[[], bytes]) -> Response:
+        cache = job.dir / "cache"
+        path = cache / name
+        if not path.exists():
+            cache.mkdir(mode=0o700, exist_ok=True)
+            tmp = cache / f".{name}.{threading.get_ident()}.partial"
+            tmp.write_bytes(make())
+            tmp.replace(path)
+        return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict[str, Any]:
+        """Liveness: the model identity and how many jobs are in each state."""
+        model = dict(getattr(getattr(diagnoser, "pipeline", None), "identity", {}) or {})
+        return {"status": "ok", "version": __version__, "model": model, "jobs": store.counts()}
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/static/viewer.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+    upload_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["file"],
+                        "properties": {"file": {"type": "string", "format": "binary"}},
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post("/v1/studies", status_code=202, dependencies=auth, tags=["studies"], openapi_extra=upload_doc)
+    async def create_study(request: Request) -> JSONResponse:
+        """Upload a study (zip of DICOM files, one DICOM file, or NIfTI/NRRD/MHA) in the field ``file``."""
+        limit = int(settings.max_upload_mb * (1 << 20))
+        too_large = (
+            f"the upload exceeds the limit of {settings.max_upload_mb:g} MiB; "
+            "send a smaller study or start the service with a larger --max-upload-mb"
+        )
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit + _MULTIPART_SLACK:
+            raise HTTPException(413, too_large)
+        try:
+            job = store.create()
+        except QueueFull as exc:
+            raise HTTPException(503, str(exc), headers={"Retry-After": "5"}) from exc
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await request.receive()
+            received += len(message.get("body", b""))
+            if received > limit + _MULTIPART_SLACK:
+                raise _UploadTooLarge
+            return message
+
+        form = None
+        try:
+            form = await Request(request.scope, limited_receive).form(max_files=1, max_fields=8)
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise InputError("no file in the request: send the study as multipart/form-data field 'file'")
+            job.source = await run_in_threadpool(_save_upload, upload.file, job, settings=settings)
+        except _UploadTooLarge:
+            store.fail(job, too_large)
+            raise HTTPException(413, too_large) from None
+        except UnsupportedUpload as exc:
+            store.fail(job, str(exc))
+            raise HTTPException(415, str(exc)) from None
+        except InputError as exc:
+            store.fail(job, str(exc))
+            raise HTTPException(400, str(exc)) from None
+        except Exception:
+            store.fail(job, "the upload could not be read", user_error=False)
+            raise
+        finally:
+            if form is not None:
+                await form.close()
+        store.submit(job)
+        log.info("job %s: accepted %d bytes (%s)", job.id, job.upload_bytes, job.kind)
+        return JSONResponse(
+            {"id": job.id, "status": job.status, "url": f"/v1/studies/{job.id}"}, status_code=202
+        )
+
+    @app.get("/v1/studies/{job_id}", dependencies=auth, tags=["studies"])
+    def get_study(job_id: str) -> JSONResponse:
+        """Status of a study; when done, its result (``StudyResult.to_json()``) under ``result``."""
+        job = store.get(job_id)
+        if job is None:
+            raise HTTPException(
+                404, f"no study {job_id!r} (unknown id, or deleted after the retention period)"
+            )
+        body = job.summary()
+        if job.status == DONE and job.result is not None:
+            body["result"] = job.result.to_json()
+            body["display_names"] = dict(zip(CLASS_NAMES, ("Normal", "CAP", "COVID-19"), strict=True))
+            body["explanation"] = job.result.decision.explain()
+        status = 200
+        if job.status == FAILED:
+            status = 422 if job.user_error else 500
+        return JSONResponse(_json_safe(body), status_code=status)
+
+    @app.delete("/v1/studies/{job_id}", dependencies=auth, tags=["studies"])
+    def delete_study(job_id: str) -> dict[str, str]:
+        """Delete a finished study and its data now."""
+        if not store.delete(job_id):
+            raise HTTPException(404, f"no finished study {job_id!r} to delete")
+        return {"id": job_id, "status": "deleted"}
+
+    def _index(result: StudyResult, index: int) -> int:
+        n = result.volume.n_slices
+        if not 0 <= index < n:
+            raise HTTPException(404, f"slice {index} does not exist: the study has slices 0..{n - 1}")
+        return index
+
+    @app.get("/v1/studies/{job_id}/slices/{index}.png", dependencies=auth, tags=["images"])
+    def slice_png(job_id: str, index: int, window: str = "lung") -> Response:
+        """Slice ``index`` (0 = most superior) through the lung (default) or mediastinal window."""
+        from covidct.report.images import png_bytes, slice_grey
+
+        job, result = finished_job(job_id)
+        i = _index(result, index)
+        if window not in _WINDOWS:
+            raise HTTPException(422, f"unknown window {window!r}: use one of {', '.join(_WINDOWS)}")
+        return cached_png(
+            job, f"slice_{window}_{i}.png", lambda: png_bytes(slice_grey(result.volume, i, _WINDOWS[window]))
+        )
+
+    @app.get("/v1/studies/{job_id}/mask/{index}.png", dependencies=auth, tags=["images"])
+    def mask_png(job_id: str, index: int) -> Response:
+        """Transparent overlay of the lung mask on slice ``index`` (right lung blue, left lung green)."""
+        from covidct.report.images import mask_rgba, png_bytes
+
+        job, result = finished_job(job_id)
+        i = _index(result, index)
+        return cached_png(job, f"mask_{i}.png", lambda: png_bytes(mask_rgba(result.mask[i])))
+
+    @app.get("/v1/studies/{job_id}/heatmap/{index}.png", dependencies=auth, tags=["images"])
+    def heatmap_png(job_id: str, index: int) -> Response:
+        """Transparent Grad-CAM heat map of the decided class on slice ``index``."""
+        from covidct.report.images import heat_rgba, png_bytes
+
+        job, result = finished_job(job_id)
+        i = _index(result, index)
+        cls = CLASS_NAMES.index(result.decision.diagnosis)
+
+        def make() -> bytes:
+            cam = explainer().slice_maps(result.volume, result.mask, [i], class_idx=[cls])[0]
+            return png_bytes(heat_rgba(cam))
+
+        return cached_png(job, f"heat_{i}.png", make)
+
+    @app.get("/v1/studies/{job_id}/report.html", dependencies=auth, tags=["documents"])
+    def report_html(job_id: str) -> Response:
+        """The self-contained HTML report (no patient name or ID)."""
+        from covidct.report.html import write_report
+
+        job, result = finished_job(job_id)
+        path = job.dir / "cache" / "report.html"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            try:
+                ex = explainer()
+            except HTTPException:
+                ex = None
+            write_report(result, path, explainer=ex, show_phi=False)
+        return FileResponse(path, media_type="text/html; charset=utf-8")
+
+    @app.get("/v1/studies/{job_id}/seg.dcm", dependencies=auth, tags=["documents"])
+    def seg_dcm(job_id: str) -> Response:
+        """The lung mask as DICOM SEG referencing the uploaded series (DICOM uploads only)."""
+        from covidct.report.dicom_seg import write_dicom_seg
+
+        job, result = finished_job(job_id)
+        path = job.dir / "cache" / "seg.dcm"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            try:
+                write_dicom_seg(result.volume, result.mask, path)
+            except InputError as exc:
+                raise HTTPException(409, str(exc)) from None
+        return FileResponse(
+            path,
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="covidct-seg-{job_id[:8]}.dcm"'},
+        )
+
+    return app

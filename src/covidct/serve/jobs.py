@@ -1,0 +1,218 @@
+"""Jobs of the diagnosis service: a bounded worker pool, an in-memory job store and retention cleanup.
+
+Each job owns a private folder (mode 0700) under the service's work folder holding the upload, the
+extracted study, the volume and mask as ``.npy`` (memory-mapped back, so finished results cost little RAM)
+and cached images. A job's folder and record are deleted ``retention_s`` after it finished. Nothing here
+logs upload names or contents, only job ids, sizes and outcomes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from covidct.errors import CovidCTError
+
+if TYPE_CHECKING:
+    from covidct.diagnose import StudyResult
+
+log = logging.getLogger(__name__)
+
+QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+
+
+class QueueFull(Exception):
+    """Too many jobs are queued or running (HTTP 503)."""
+
+
+@dataclass
+class Job:
+    """One uploaded study and what became of it."""
+
+    id: str
+    dir: Path
+    created: float = field(default_factory=time.time)
+    status: str = QUEUED
+    started: float | None = None
+    finished: float | None = None
+    upload_bytes: int = 0
+    source: Path | None = None  # what the diagnoser reads: the extracted study folder or the uploaded file
+    kind: str = ""  # sniffed upload format (zip, dicom, nifti, ...)
+    error: str | None = None
+    user_error: bool = False  # True when the input was at fault (HTTP 4xx), False for a service fault
+    result: StudyResult | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "status": self.status, "created": self.created}
+        if self.started is not None:
+            out["started"] = self.started
+        if self.finished is not None:
+            out["finished"] = self.finished
+        if self.error is not None:
+            out["error"] = self.error
+        return out
+
+
+def persist_result(result: StudyResult, folder: Path) -> StudyResult:
+    """Save volume and mask as ``.npy`` in ``folder`` and return the result with memory-mapped arrays."""
+    from covidct.io.volume import CTVolume
+
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "hu.npy", np.ascontiguousarray(result.volume.hu))
+    np.save(folder / "mask.npy", np.ascontiguousarray(result.mask, dtype=np.uint8))
+    hu = np.load(folder / "hu.npy", mmap_mode="r")
+    mask = np.load(folder / "mask.npy", mmap_mode="r")
+    v = result.volume
+    volume = CTVolume(hu, v.spacing, v.origin, v.direction.copy(), list(v.slices), v.meta)
+    return dataclasses.replace(result, volume=volume, mask=mask)
+
+
+class JobStore:
+    """Create, run, look up and expire jobs.
+
+    ``run(job) -> StudyResult`` does the work in one of ``workers`` threads. At most ``max_pending`` jobs
+    may be queued or running at once; :meth:`create` raises :class:`QueueFull` beyond that, so memory and
+    disk use stay bounded whatever the number of clients.
+    """
+
+    def __init__(
+        self,
+        work_dir: Path,
+        run: Callable[[Job], StudyResult],
+        *,
+        workers: int = 1,
+        max_pending: int = 32,
+        retention_s: float = 3600.0,
+        sweep_interval_s: float | None = None,
+    ) -> None:
+        if workers < 1 or max_pending < 1:
+            raise ValueError(f"workers and max_pending must be >= 1, got {workers} and {max_pending}")
+        if retention_s <= 0:
+            raise ValueError(f"retention must be positive, got {retention_s} s")
+        self.work_dir = Path(work_dir)
+        self.work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._run = run
+        self.max_pending = max_pending
+        self.retention_s = float(retention_s)
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="covidct-job")
+        self._stop = threading.Event()
+        interval = sweep_interval_s if sweep_interval_s is not None else min(60.0, max(1.0, retention_s / 4))
+        self._sweeper = threading.Thread(
+            target=self._sweep_loop, args=(interval,), name="covidct-retention", daemon=True
+        )
+        self._sweeper.start()
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    def create(self) -> Job:
+        """Reserve a slot and a private folder for a new job (raises :class:`QueueFull`)."""
+        with self._lock:
+            if self.pending() >= self.max_pending:
+                raise QueueFull(f"{self.max_pending} studies are already queued or running; retry later")
+            job_id = uuid.uuid4().hex
+            folder = self.work_dir / job_id
+            folder.mkdir(mode=0o700)
+            job = Job(id=job_id, dir=folder)
+            self._jobs[job_id] = job
+        return job
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` on the worker pool."""
+        self._pool.submit(self._execute, job)
+
+    def fail(self, job: Job, message: str, *, user_error: bool = True) -> None:
+        """Mark a job failed without running it (e.g. its upload was refused) and drop its data now."""
+        with job.lock:
+            job.status, job.error, job.user_error, job.finished = FAILED, message, user_error, time.time()
+        shutil.rmtree(job.dir / "input", ignore_errors=True)
+
+    def _execute(self, job: Job) -> None:
+        with job.lock:
+            job.status, job.started = RUNNING, time.time()
+        try:
+            result = self._run(job)
+            result = persist_result(result, job.dir / "arrays")
+        except CovidCTError as exc:
+            log.info("job %s: input refused (%s)", job.id, type(exc).__name__)
+            with job.lock:
+                job.status, job.error, job.user_error = FAILED, str(exc), True
+        except Exception as exc:  # a service fault: keep the service alive, report without data
+            log.error("job %s: failed with %s", job.id, type(exc).__name__, exc_info=log.isEnabledFor(10))
+            with job.lock:
+                job.status, job.user_error = FAILED, False
+                job.error = f"internal error while diagnosing ({type(exc).__name__}); see the service log"
+        else:
+            with job.lock:
+                job.status, job.result = DONE, result
+            log.info("job %s: done in %.1f s", job.id, time.time() - (job.started or job.created))
+        finally:
+            with job.lock:
+                job.finished = time.time()
+                failed = job.status == FAILED
+            if failed:  # nothing to show: drop the upload now rather than at the end of the retention
+                shutil.rmtree(job.dir / "input", ignore_errors=True)
+
+    # --- queries ------------------------------------------------------------------------------------
+    def get(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
+
+    def pending(self) -> int:
+        """Jobs queued or running."""
+        return sum(1 for j in list(self._jobs.values()) if j.status in (QUEUED, RUNNING))
+
+    def counts(self) -> dict[str, int]:
+        out = {QUEUED: 0, RUNNING: 0, DONE: 0, FAILED: 0}
+        for j in list(self._jobs.values()):
+            out[j.status] = out.get(j.status, 0) + 1
+        return out
+
+    # --- retention ----------------------------------------------------------------------------------
+    def delete(self, job_id: str) -> bool:
+        """Forget a finished job and delete its folder now; False when unknown or still running."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status in (QUEUED, RUNNING):
+                return False
+            del self._jobs[job_id]
+        shutil.rmtree(job.dir, ignore_errors=True)
+        return True
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete finished jobs older than the retention period; returns how many were deleted."""
+        now = time.time() if now is None else now
+        expired = [
+            j.id
+            for j in list(self._jobs.values())
+            if j.finished is not None and now - j.finished >= self.retention_s
+        ]
+        return sum(self.delete(job_id) for job_id in expired)
+
+    def _sweep_loop(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            try:
+                n = self.sweep()
+                if n:
+                    log.info("retention: deleted %d finished studies", n)
+            except Exception:  # the sweeper must survive a transient file-system error
+                log.exception("retention sweep failed")
+
+    def close(self, *, remove: bool = True) -> None:
+        """Stop the sweeper and the pool (queued jobs are cancelled); delete all job data if ``remove``."""
+        self._stop.set()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        if remove:
+            shutil.rmtree(self.work_dir, ignore_errors=True)
