@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SHARED_DATA = Path(os.environ.get("COVIDCT_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")).resolve()
+SHARED_DATA = Path(
+    os.environ.get("COVIDCT_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data")
+).resolve()
 COVID_CT_MD = SHARED_DATA / "covid-ct-md"
 MORE_CT = SHARED_DATA / "more-ct"
 
@@ -49,3 +51,46 @@ def cap001_dir(covid_ct_md: Path) -> Path:
 @pytest.fixture(scope="session")
 def normal001_dir(covid_ct_md: Path) -> Path:
     return _require(covid_ct_md / "Sample data" / "Normal subjects" / "normal001")
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pipeline folder with a random-weight ResNet-18 at 64x64 and the classical segmenter (fast, untrained)."""
+    import torch
+
+    from covidct.bundle import save_component, write_pipeline
+    from covidct.classify.networks import build_classifier
+    from covidct.registry import CLASS_NAMES, LUNG_WINDOW
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_model")
+    net = build_classifier("resnet18")
+    card = {
+        "kind": "classifier",
+        "name": "tiny-random-resnet18",
+        "classes": list(CLASS_NAMES),
+        "architecture": {
+            "name": "resnet18",
+            "spatial_dims": 2,
+            "in_channels": 1,
+            "num_classes": 3,
+            "conv1_t_size": 7,
+            "conv1_t_stride": 2,
+        },
+        "preprocessing": {
+            "window": {"level": LUNG_WINDOW.level, "width": LUNG_WINDOW.width},
+            "image_size": 64,
+        },
+    }
+    save_component(root / "classifier", net.state_dict(), card)
+    write_pipeline(root, segmenter="classical", classifier="classifier")
+    return root
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-patient synthetic cohort (one per class), small size, COVID-CT-MD layout."""
+    from covidct.data.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort") / "c"
+    return generate_cohort(out, patients=3, mix=(1 / 3, 1 / 3, 1 / 3), seed=7, size="small")
