@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -110,11 +111,23 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+def _json_safe(obj: Any) -> Any:
+    """Plain JSON: NaN/inf floats become ``null`` (undefined metrics), tuples lists."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def write_card(directory: Path, card: dict[str, Any]) -> dict[str, Any]:
-    """Stamp ``hash`` and write ``model.json`` atomically; returns the stamped card."""
-    card = dict(card)
+    """Stamp ``hash`` and write ``model.json`` atomically (NaN as null); returns the stamped card."""
+    card = _json_safe(dict(card))
     card["hash"] = card_hash(card)
-    _atomic_write_bytes(directory / CARD_NAME, (json.dumps(card, indent=2, sort_keys=False) + "\n").encode())
+    text = json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    _atomic_write_bytes(directory / CARD_NAME, text.encode())
     return card
 
 

@@ -1,0 +1,164 @@
+"""``covidct train segmenter|classifier --data ... -o MODEL_DIR``: train a network into a model bundle.
+
+Pipeline folders: with ``-o MODEL/classifier`` (or ``-o MODEL/segmenter``), or with ``--pipeline MODEL``
+(then ``-o`` defaults to ``MODEL/<what>``), the top-level ``MODEL/model.json`` that ``covidct diagnose
+--model MODEL`` loads is written or refreshed once a classifier exists there (with ``MODEL/segmenter`` when
+one was trained, else the classical segmenter). Under ``torchrun --nproc_per_node N`` training uses DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from covidct.errors import ConfigError
+from covidct.registry import CLASSIFIER_ARCH, CLASSIFIER_IMAGE_SIZE, SEGMENTER_IMAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+
+def _common(p: argparse.ArgumentParser, *, size: int, batch: int) -> None:
+    p.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="COVID-CT-MD-layout folder, synthetic cohort or manifest .csv (repeat for several sources)",
+    )
+    p.add_argument("-o", "--output", metavar="MODEL_DIR", default=None, help="bundle folder to write")
+    p.add_argument(
+        "--pipeline", metavar="DIR", default=None, help="pipeline folder whose model.json to refresh"
+    )
+    p.add_argument("--epochs", type=int, default=30, help="maximum epochs (default: 30)")
+    p.add_argument("--image-size", type=int, default=size, help=f"network input side in pixels ({size})")
+    p.add_argument("--batch-size", type=int, default=batch, help=f"slices per step and process ({batch})")
+    p.add_argument("--lr", type=float, default=1e-3, help="initial learning rate (1e-3)")
+    p.add_argument("--optimizer", choices=("adam", "sgd"), default="adam")
+    p.add_argument(
+        "--lr-decay",
+        choices=("step", "cosine", "none"),
+        default="step",
+        help="step: x --lr-gamma each epoch (default); cosine over --epochs",
+    )
+    p.add_argument("--lr-gamma", type=float, default=0.9, help="per-epoch decay factor of 'step' (0.9)")
+    p.add_argument("--patience", type=int, default=5, help="early stopping: epochs without improvement (5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation, sampling, augmentation (0)")
+    p.add_argument("--split-seed", type=int, default=None, help="seed of the patient split (default: --seed)")
+    p.add_argument(
+        "--splits", metavar="CSV", default=None, help="reuse a splits.csv written by an earlier run"
+    )
+    p.add_argument("--val-fraction", type=float, default=0.2, help="patients per class for validation (0.2)")
+    p.add_argument(
+        "--max-slices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="evenly spaced slices kept per study (default: all)",
+    )
+    p.add_argument(
+        "--max-minutes", type=float, default=None, help="wall-time budget; the best model so far is kept"
+    )
+    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
+    p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument(
+        "--mask-source",
+        choices=("auto", "gt", "classical"),
+        default="auto",
+        help="lung masks: ground truth where present else classical (auto), or force one",
+    )
+    p.add_argument(
+        "--cache-dir", default=None, help="preprocessing cache (default: MODEL_DIR/training/cache)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from MODEL_DIR/training/checkpoints/last.pt"
+    )
+    p.add_argument("--name", default=None, help="model name recorded in model.json")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train the U-Net segmenter or the slice classifier into a model bundle",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    seg = what.add_parser("segmenter", help="U-Net lung segmenter (3 classes, batch norm)")
+    _common(seg, size=SEGMENTER_IMAGE_SIZE, batch=8)
+    seg.add_argument(
+        "--no-pseudo-labels",
+        action="store_true",
+        help="train only on ground-truth masks (no classical masks of real series)",
+    )
+    seg.set_defaults(func=run)
+    cls = what.add_parser("classifier", help="ResNet slice classifier (normal / CAP / COVID-19)")
+    _common(cls, size=CLASSIFIER_IMAGE_SIZE, batch=16)
+    cls.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), default=CLASSIFIER_ARCH)
+    cls.add_argument("--no-balance", action="store_true", help="uniform instead of class-balanced sampling")
+    cls.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from covidct.train import ClassifierConfig, SegmenterConfig
+
+    out = args.output
+    if out is None:
+        if args.pipeline is None:
+            raise ConfigError("give -o MODEL_DIR (or --pipeline DIR to write DIR/" + args.what + ")")
+        out = str(Path(args.pipeline) / args.what)
+    common: dict[str, Any] = {
+        "data": [Path(d) for d in args.data],
+        "out_dir": Path(out),
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "image_size": args.image_size,
+        "lr": args.lr,
+        "optimizer": args.optimizer,
+        "lr_decay": args.lr_decay,
+        "lr_gamma": args.lr_gamma,
+        "patience": args.patience,
+        "seed": args.seed,
+        "split_seed": args.split_seed,
+        "splits_file": Path(args.splits) if args.splits else None,
+        "val_fraction": args.val_fraction,
+        "max_slices_per_study": args.max_slices,
+        "max_minutes": args.max_minutes,
+        "steps_per_epoch": args.steps_per_epoch,
+        "device": args.device,
+        "amp": not args.no_amp,
+        "augment": not args.no_augment,
+        "mask_source": args.mask_source,
+        "cache_dir": Path(args.cache_dir) if args.cache_dir else None,
+        "resume": args.resume,
+        "progress": not args.no_progress,
+        "pipeline_dir": Path(args.pipeline) if args.pipeline else None,
+        "name": args.name,
+    }
+    if args.what == "classifier":
+        from covidct.train.classifier import train_classifier
+
+        path = train_classifier(ClassifierConfig(**common, arch=args.arch, balanced=not args.no_balance))
+    else:
+        from covidct.train.segmenter import train_segmenter
+
+        path = train_segmenter(SegmenterConfig(**common, pseudo_labels=not args.no_pseudo_labels))
+    card_file = path / "model.json"
+    if card_file.is_file() and os.environ.get("RANK", "0") == "0":
+        card = json.loads(card_file.read_text())
+        print(
+            json.dumps(
+                {
+                    "bundle": str(path),
+                    "validation": card.get("validation", {}),
+                    "stopped_by": card.get("training", {}).get("stopped_by"),
+                }
+            )
+        )
+    return 0

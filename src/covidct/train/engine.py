@@ -1,0 +1,299 @@
+"""The training loop shared by the classifier and the segmenter.
+
+Per epoch: class-balanced (or uniform) sampling of slices with a seed per epoch, augmentation, a step per
+batch (Adam/SGD, AMP on CUDA), then validation, a row in ``training_log.csv``, the learning-curve PNG, the
+``last.pt`` checkpoint (model, optimizer, scheduler, scaler, early-stopping state, history) and ``best.pt``
+when the validation score improved. Because every random draw is seeded from (seed, epoch, rank), a run
+resumed from ``last.pt`` continues exactly as the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidct.train.augment import augment_batch
+from covidct.train.config import TrainConfig
+from covidct.train.data import SliceDataset
+from covidct.train.distributed import DistInfo, any_true, barrier, mean_across
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+LOG_NAME = "training_log.csv"
+CURVE_NAME = "learning_curve.png"
+
+
+@dataclass
+class Task:
+    """What differs between the two trainings."""
+
+    model: nn.Module
+    train_set: SliceDataset
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # must give val_score (higher = better)
+    sample_weights: np.ndarray | None = None
+    labels_follow_geometry: bool = False
+
+
+@dataclass
+class FitResult:
+    best_state: dict[str, torch.Tensor]
+    history: list[dict[str, float]]
+    best_epoch: int
+    epochs_run: int
+    stopped_by: str
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(name: str, dist: DistInfo) -> torch.device:
+    """ "auto" -> CUDA when available, else CPU; under DDP on CUDA each rank takes cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            from covidct.errors import ConfigError
+
+            raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+        if dist.enabled:
+            return torch.device(f"cuda:{dist.local_rank}")
+    return torch.device(name)
+
+
+def epoch_indices(
+    n: int, *, weights: np.ndarray | None, seed: int, epoch: int, dist: DistInfo, cap: int | None
+) -> np.ndarray:
+    """This rank's sample indices for one epoch (same draw on every rank, then split by rank)."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    total = n if cap is None else min(n, cap)
+    total = int(math.ceil(total / dist.world) * dist.world)
+    if weights is not None:
+        w = torch.as_tensor(weights, dtype=torch.float64)
+        idx = torch.multinomial(w, total, replacement=True, generator=g)
+    else:
+        idx = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(total / max(n, 1)))])[:total]
+    return idx.numpy()[dist.rank :: dist.world]
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_log(path: Path, history: list[dict[str, float]]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys.extend(k for k in row if k not in keys)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows({**r, "epoch": int(r["epoch"])} for r in history)
+    os.replace(tmp, path)
+
+
+def plot_curve(path: Path, history: list[dict[str, float]], *, score_name: str) -> None:
+    """Learning curve: train/val loss and the validation score per epoch (PNG, no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ep = [r["epoch"] for r in history]
+    fig = Figure(figsize=(8, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    a1, a2 = fig.subplots(1, 2)
+    a1.plot(ep, [r["train_loss"] for r in history], "o-", label="train")
+    a1.plot(ep, [r.get("val_loss", float("nan")) for r in history], "s-", label="validation")
+    a1.set_xlabel("epoch")
+    a1.set_ylabel("loss")
+    a1.legend()
+    a2.plot(ep, [r.get("val_score", float("nan")) for r in history], "o-", color="tab:green")
+    a2.set_xlabel("epoch")
+    a2.set_ylabel(score_name)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    fig.savefig(tmp)
+    os.replace(tmp, path)
+
+
+def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True
+        )
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.lr_decay == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs)
+    gamma = cfg.lr_gamma if cfg.lr_decay == "step" else 1.0
+    return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
+
+
+def _score(v: float) -> float:
+    return -math.inf if v is None or math.isnan(v) else float(v)
+
+
+def fit(
+    cfg: TrainConfig,
+    task: Task,
+    *,
+    run_dir: Path,
+    dist: DistInfo,
+    device: torch.device,
+    score_name: str = "val_score",
+) -> FitResult:
+    """Train ``task.model`` per ``cfg``; checkpoints and logs go to ``run_dir`` (rank 0 writes)."""
+    from tqdm.auto import tqdm
+
+    model = task.model.to(device)
+    net: nn.Module = model
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    opt = _make_optimizer(cfg, model)
+    sched = _make_scheduler(cfg, opt)
+    use_amp = bool(cfg.amp and device.type == "cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    history: list[dict[str, float]] = []
+    start_epoch, best_score, best_epoch, bad_epochs, stopped_by = 0, -math.inf, 0, 0, ""
+    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    last = ckpt_dir / "last.pt"
+    if cfg.resume and last.is_file():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        start_epoch, best_score = int(ck["epoch"]), float(ck["best_score"])
+        best_epoch, bad_epochs, stopped_by = (
+            int(ck["best_epoch"]),
+            int(ck["bad_epochs"]),
+            str(ck["stopped_by"]),
+        )
+        history = [dict(r) for r in ck["history"]]
+        best_path = ckpt_dir / "best.pt"
+        if best_path.is_file():
+            best_state = torch.load(best_path, map_location="cpu", weights_only=True)["model"]
+        log.info("resumed from %s after epoch %d", last, start_epoch)
+    elif cfg.resume:
+        log.warning("--resume: no checkpoint at %s, starting from scratch", last)
+    t0 = time.monotonic()
+    budget = None if cfg.max_minutes is None else cfg.max_minutes * 60.0
+    n = len(task.train_set)
+    show = cfg.progress and dist.is_main and sys.stderr.isatty()
+    epoch = start_epoch
+    while epoch < cfg.epochs and stopped_by != "early_stopping":
+        stopped_by = ""
+        cap = None if cfg.steps_per_epoch is None else cfg.steps_per_epoch * cfg.batch_size * dist.world
+        idx = epoch_indices(n, weights=task.sample_weights, seed=cfg.seed, epoch=epoch, dist=dist, cap=cap)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + epoch * 31 + dist.rank)
+        net.train()
+        te = time.monotonic()
+        losses: list[float] = []
+        bar = tqdm(
+            range(0, len(idx), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show
+        )
+        for b in bar:
+            items = [task.train_set[int(i)] for i in idx[b : b + cfg.batch_size]]
+            x = torch.stack([it[0] for it in items])
+            y = torch.stack([it[1] for it in items])
+            if cfg.augment:
+                x, ya = augment_batch(x, gen, y if task.labels_follow_geometry else None)
+                y = ya if ya is not None else y
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            opt.zero_grad(set_to_none=True)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                loss = task.loss_fn(net(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+            if budget is not None and any_true(dist, time.monotonic() - t0 > budget):
+                stopped_by = "time_budget"
+                break
+        sched.step()
+        train_loss = mean_across(dist, float(np.mean(losses)) if losses else float("nan"))
+        model.eval()
+        metrics = task.evaluate(model, device)
+        row: dict[str, float] = {"epoch": float(epoch + 1), "train_loss": train_loss}
+        row.update(metrics)
+        row["lr"] = float(opt.param_groups[0]["lr"])
+        row["seconds"] = time.monotonic() - te
+        history.append(row)
+        score = _score(metrics.get("val_score", -train_loss))
+        epoch += 1
+        improved = score > best_score + 1e-6 or best_epoch == 0
+        if improved:
+            best_score, best_epoch, bad_epochs = score, epoch, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+            if bad_epochs >= cfg.patience and not stopped_by:
+                stopped_by = "early_stopping"
+        if not stopped_by and epoch >= cfg.epochs:
+            stopped_by = "epochs"
+        log.info(
+            "epoch %d: train loss %.4f, %s %.4f%s",
+            epoch,
+            train_loss,
+            score_name,
+            row.get("val_score", math.nan),
+            " (best)" if improved else "",
+        )
+        if dist.is_main:
+            if improved:
+                _atomic_torch_save({"model": best_state, "epoch": epoch}, ckpt_dir / "best.pt")
+            _atomic_torch_save(
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "epoch": epoch,
+                    "best_score": best_score,
+                    "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs,
+                    "stopped_by": stopped_by,
+                    "history": history,
+                },
+                last,
+            )
+            write_log(run_dir / LOG_NAME, history)
+            plot_curve(run_dir / CURVE_NAME, history, score_name=score_name)
+        barrier(dist)
+        if stopped_by == "time_budget":
+            break
+    best_row = next((r for r in history if int(r["epoch"]) == best_epoch), {})
+    return FitResult(
+        best_state=best_state,
+        history=history,
+        best_epoch=best_epoch,
+        epochs_run=epoch,
+        stopped_by=stopped_by or "epochs",
+        metrics={k: v for k, v in best_row.items() if k.startswith("val_")},
+    )
