@@ -206,6 +206,12 @@ def test_bad_inputs_simple(tmp_path: Path, make, message: str) -> None:
         load_study(make(tmp_path))
 
 
+def test_folder_of_volume_files_only_names_the_fix(tmp_path: Path) -> None:
+    (tmp_path / "ct.nii.gz").write_bytes(b"x")
+    with pytest.raises(InputError, match="no DICOM files, only 1 file.*the volume file itself"):
+        load_study(tmp_path)
+
+
 def test_not_ct_is_refused(tmp_path: Path, write_series, dw) -> None:
     write_series(tmp_path, dw.phantom(4), modality="MR")
     with pytest.raises(InputError, match=r"not CT \(modality MR\)"):
@@ -255,6 +261,17 @@ def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_
     parallel = load_study(tmp_path, workers=2)
     np.testing.assert_array_equal(serial.hu, parallel.hu)
     np.testing.assert_array_equal(open_study(tmp_path).read().hu, serial.hu)
+
+
+def test_parallel_from_a_threaded_process(tmp_path: Path, write_series, dw) -> None:
+    """With other threads alive the pool must not fork the threaded process (forkserver instead)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hu = dw.phantom(4)
+    write_series(tmp_path, hu)
+    with ThreadPoolExecutor(2) as threads:
+        vol = threads.submit(load_study, tmp_path, workers=2).result(timeout=120)
+    np.testing.assert_array_equal(vol.hu, hu)
 
 
 def test_phi_kept_apart_and_never_logged(tmp_path: Path, write_series, caplog, dw) -> None:

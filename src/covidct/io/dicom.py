@@ -268,13 +268,20 @@ def _read_functional_groups(ds: Any, hdr: _Header) -> None:
         )
 
 
-def find_files(root: Path) -> list[str]:
-    """Candidate files under ``root`` (recursive); hidden files and obvious non-DICOM suffixes left out."""
+def find_files(root: Path, ignored: list[str] | None = None) -> list[str]:
+    """Candidate files under ``root`` (recursive); hidden files and obvious non-DICOM suffixes left out.
+
+    Files left out for their suffix are appended to ``ignored`` when given (hidden files are not).
+    """
     out: list[str] = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() in _SKIP_SUFFIXES:
+            if name.startswith("."):
+                continue
+            if Path(name).suffix.lower() in _SKIP_SUFFIXES:
+                if ignored is not None:
+                    ignored.append(os.path.join(dirpath, name))
                 continue
             out.append(os.path.join(dirpath, name))
     return out
@@ -318,19 +325,34 @@ def _group_key(hdr: _Header) -> tuple[Any, ...]:
     return (hdr.series_uid, hdr.rows, hdr.cols, iop)
 
 
-def discover(root: Path, files: list[str], *, display: Any = None, header_reader: Any = None) -> Series:
+def discover(
+    root: Path,
+    files: list[str],
+    *,
+    display: Any = None,
+    header_reader: Any = None,
+    ignored: list[str] | None = None,
+) -> Series:
     """Read the headers of ``files``, choose the axial CT series with the most slices and sort it.
 
-    ``display`` maps a real path to the name shown to the user (for extracted archives).
+    ``display`` maps a real path to the name shown to the user (for extracted archives); ``ignored`` are
+    files left out by name (reported in ``skipped``).
     """
     name = display or (lambda p: p)
+    if not files and ignored:
+        raise InputError(
+            f"{root}: no DICOM files, only {len(ignored)} file(s) such as {Path(ignored[0]).name}; "
+            "give a DICOM folder, or the volume file itself"
+        )
     if not files:
         raise InputError(
             f"{root}: no files found (empty folder); give a folder of DICOM files of one CT study"
         )
     reader = header_reader or (lambda fs: [read_header(f) for f in fs])
     results = reader(files)
-    skipped: list[dict[str, str]] = []
+    skipped: list[dict[str, str]] = [
+        {"path": name(p), "reason": "not DICOM (by its file name suffix)"} for p in ignored or ()
+    ]
     warnings: list[str] = []
     headers: list[_Header] = []
     for res in results:
@@ -340,7 +362,7 @@ def discover(root: Path, files: list[str], *, display: Any = None, header_reader
             headers.append(res)
     bad = [s for s in skipped if s["reason"].startswith(("truncated", "unreadable"))]
     if not headers:
-        reasons = sorted({s["reason"] for s in skipped})
+        reasons = sorted({s["reason"] for s in skipped if not s["reason"].startswith("not DICOM (by")})
         if reasons == ["not a DICOM file"]:
             raise InputError(f"{root}: no DICOM files found among {len(files)} file(s); give a DICOM folder")
         if all(r in ("no pixel data",) or r.startswith("no image data") for r in reasons):

@@ -13,9 +13,11 @@ import multiprocessing
 import os
 import sys
 import tempfile
+import threading
 import zipfile
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +204,25 @@ def _copy_meta(meta: StudyMeta) -> StudyMeta:
 
 
 def _pool_context() -> Any:
+    """fork when this process is single-threaded (cheapest); else a clean forkserver (forking a threaded
+    process, e.g. a web server or torch, can deadlock the child); spawn where neither exists."""
     methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context(
-        "fork" if sys.platform.startswith("linux") and "fork" in methods else None
-    )
+    if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
+        return multiprocessing.get_context("fork")
+    if "forkserver" in methods:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["covidct.io.dicom"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def _decode_serial(jobs: list[Any], bar: Any) -> list[np.ndarray | str]:
+    out: list[np.ndarray | str] = []
+    for job in jobs:
+        res = dicom.decode_group(*job)
+        out.extend(res)
+        bar.update(len(res))
+    return out
 
 
 def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) -> list[np.ndarray | str]:
@@ -222,19 +239,20 @@ def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) 
     out: list[np.ndarray | str] = []
     try:
         if n_workers <= 1:
-            for job in jobs:
-                res = dicom.decode_group(*job)
-                out.extend(res)
-                bar.update(len(res))
-            return out
+            return _decode_serial(jobs, bar)
         n_chunks = min(len(jobs), n_workers * 4)
         bounds = np.linspace(0, len(jobs), n_chunks + 1).astype(int)
         chunks = [jobs[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-        with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
-            for res in pool.map(dicom.decode_chunk, chunks):
-                out.extend(res)
-                bar.update(len(res))
-        return out
+        try:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+                for res in pool.map(dicom.decode_chunk, chunks):
+                    out.extend(res)
+                    bar.update(len(res))
+            return out
+        except (OSError, BrokenProcessPool) as exc:  # no processes here (sandbox, no /dev/shm): go serial
+            log.warning("parallel decoding unavailable (%s); decoding serially", exc)
+            bar.reset()
+            return _decode_serial(jobs, bar)
     finally:
         bar.close()
 
@@ -250,12 +268,13 @@ def open_study(path: str | Path, *, workers: int | None = None, min_slices: int 
     if not p.exists():
         raise InputError(f"{p}: no such file or folder; check the path")
     if p.is_dir():
-        files = dicom.find_files(p)
-        if not files:
+        ignored: list[str] = []
+        files = dicom.find_files(p, ignored)
+        if not files and not ignored:
             raise InputError(
                 f"{p}: the folder is empty (no files); give a folder of DICOM files of one CT study"
             )
-        study = Study(str(p), series=dicom.discover(p, files), workers=workers)
+        study = Study(str(p), series=dicom.discover(p, files, ignored=ignored), workers=workers)
     elif volume_format(p) is not None:
         study = _open_volume(p, volume_format(p) or "")
     elif zipfile.is_zipfile(p):
@@ -287,14 +306,15 @@ def _open_zip(p: Path, workers: int | None) -> Study:
     tmp = tempfile.TemporaryDirectory(prefix="covidct-zip-")
     try:
         root = safe_extract_zip(p, tmp.name)
-        files = dicom.find_files(root)
-        if not files:
+        ignored: list[str] = []
+        files = dicom.find_files(root, ignored)
+        if not files and not ignored:
             raise InputError(f"{p}: the zip archive holds no files; zip the folder of one DICOM series")
 
         def display(real: str) -> str:
             return f"{p}!{Path(real).relative_to(root).as_posix()}"
 
-        series = dicom.discover(p, files, display=display)
+        series = dicom.discover(p, files, display=display, ignored=ignored)
     except BaseException:
         tmp.cleanup()
         raise
