@@ -208,7 +208,7 @@ def test_bad_inputs_simple(tmp_path: Path, make, message: str) -> None:
 
 def test_folder_of_volume_files_only_names_the_fix(tmp_path: Path) -> None:
     (tmp_path / "ct.nii.gz").write_bytes(b"x")
-    with pytest.raises(InputError, match="no DICOM files, only 1 file.*the volume file itself"):
+    with pytest.raises(InputError, match=r"no DICOM files, only 1 file.*the volume file itself"):
         load_study(tmp_path)
 
 
