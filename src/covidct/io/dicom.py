@@ -394,6 +394,12 @@ def discover(
 
     if primary:
         chosen = max(primary, key=rank)
+        ties = [m for m in primary if m is not chosen and n_of(m) == n_of(chosen)]
+        if ties:
+            warnings.append(
+                f"{len(ties) + 1} axial CT series have {n_of(chosen)} slices each; chose series "
+                f"{chosen[0].series_number} {chosen[0].series_description!r} (the lowest series number)"
+            )
         for members, reason in fallback:
             _skip_series(members, reason, skipped, name)
     elif fallback:
