@@ -126,6 +126,20 @@ def test_j2k_abdomen_read_then_flagged(more_ct: Path) -> None:
         require_chest_ct(vol)
 
 
+def test_truncated_compressed_file_is_skipped(more_ct: Path, tmp_path: Path) -> None:
+    files = sorted((more_ct / "abdomen-j2k" / "example_ct_dicom").iterdir())
+    for f in files:
+        shutil.copy(f, tmp_path / f.name)
+    victim = tmp_path / files[5].name
+    victim.write_bytes(victim.read_bytes()[:-3000])  # cut inside the JPEG 2000 fragments
+    vol = load_study(tmp_path, workers=1)
+    assert vol.n_slices == 19
+    assert [s["reason"] for s in vol.meta.skipped if s["path"].endswith(files[5].name)] == [
+        "truncated file (pixel data shorter than declared)"
+    ]
+    assert any("uneven slice gaps" in w for w in vol.meta.warnings)  # the hole it leaves is reported too
+
+
 def test_nifti_example_superior_first(more_ct: Path) -> None:
     path = more_ct / "abdomen-j2k" / "example_ct_sm.nii.gz"
     vol = load_study(path)

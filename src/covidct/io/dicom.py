@@ -134,12 +134,12 @@ def _int(value: Any) -> int | None:
         return None
 
 
-def _pixel_data_state(fp: Any, size: int, little_endian: bool) -> str:
+def _pixel_data_state(fp: Any, size: int) -> str:
     """Pixel data state after ``stop_before_pixels`` left ``fp`` on its tag: ok, missing or truncated."""
     pos = fp.tell()
     head = fp.read(12)
-    if len(head) < 8 or not little_endian:
-        return "missing" if len(head) < 8 else "ok"
+    if len(head) < 8:
+        return "missing"
     group, elem = struct.unpack("<HH", head[:4])
     if (group, elem) not in ((0x7FE0, 0x0010), (0x7FE0, 0x0008), (0x7FE0, 0x0009)):
         return "missing"
@@ -149,10 +149,9 @@ def _pixel_data_state(fp: Any, size: int, little_endian: bool) -> str:
     else:
         (length,) = struct.unpack("<I", head[8:12])
         start = pos + 12
-    if length == 0xFFFFFFFF:  # encapsulated: must end with a sequence delimiter
-        fp.seek(max(size - 8, 0))
-        tail = fp.read(8)
-        return "ok" if tail[:4] == b"\xfe\xff\xdd\xe0" else "truncated"
+    if length == 0xFFFFFFFF:  # encapsulated: the fragments end with a sequence delimiter (maybe + padding)
+        fp.seek(max(size - 65536, start))
+        return "ok" if b"\xfe\xff\xdd\xe0\x00\x00\x00\x00" in fp.read(65536) else "truncated"
     if length == 0:
         return "missing"
     return "ok" if start + length <= size else "truncated"
@@ -173,12 +172,16 @@ def read_header(path: str) -> _Header | tuple[str, str]:
                 ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
                 meta = getattr(ds, "file_meta", None)
                 tsyn = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-                little = tsyn != "1.2.840.10008.1.2.2"
-                state = _pixel_data_state(fp, size, little)
+                if tsyn in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
+                    state = "ok"  # big endian / deflated: not checked here, decoding will tell
+                else:
+                    state = _pixel_data_state(fp, size)
             break
         except InvalidDicomError:
             continue
-        except Exception as exc:  # a corrupt header
+        except Exception as exc:  # a corrupt header (or, read by force, no DICOM at all)
+            if force:
+                return path, "not a DICOM file"
             return path, f"unreadable DICOM header ({type(exc).__name__}: {exc})"
     if ds is None:
         return path, "not a DICOM file"
