@@ -104,8 +104,8 @@ class Body:
 
 def cavity_axes(t: np.ndarray, b: Body) -> tuple[np.ndarray, np.ndarray]:
     """Half-width and half-depth (mm) of the inner thoracic wall at level ``t``."""
-    aw = b.aw * (0.42 + 0.58 * smoothstep(-0.05, 0.55, t))
-    bw = b.bw * (0.55 + 0.45 * smoothstep(-0.05, 0.5, t))
+    aw = b.aw * (0.55 + 0.45 * smoothstep(-0.1, 0.42, t))
+    bw = b.bw * (0.62 + 0.38 * smoothstep(-0.1, 0.45, t))
     return aw, bw
 
 
@@ -119,7 +119,9 @@ def lung_labels(t: np.ndarray, y: np.ndarray, x: np.ndarray, b: Body) -> np.ndar
     inside = _ellipse(x, y, aw, bw) < 1.0
     apex = np.clip(t / 0.3, 0.0, 1.0) ** 0.55
     xm = 6.0
-    wm = 30.0 + 40.0 * smoothstep(0.15, 0.5, t)
+    wm = (22.0 + 38.0 * smoothstep(0.15, 0.5, t)) * (
+        0.5 + 0.5 * np.exp(-(((y + 0.05 * bw) / (0.55 * bw)) ** 2))
+    )
     ya = 0.1 * bw
     right = _ellipse(x + 0.5 * aw + 8, y - ya, 0.62 * aw * apex + 1e-3, 1.1 * bw * apex + 1e-3) < 1.0
     left = _ellipse(x - 0.5 * aw - 8, y - ya, 0.62 * aw * apex + 1e-3, 1.1 * bw * apex + 1e-3) < 1.0
@@ -176,7 +178,7 @@ def vessel_tree(b: Body, rng: np.random.Generator) -> np.ndarray:
     L = b.lung_height
     rows: list[np.ndarray] = []
     for side in (-1.0, 1.0):
-        aw_h, _ = cavity_axes(np.float32(0.45), b)
+        aw_h, _ = cavity_axes(np.asarray(0.45, dtype=np.float32), b)
         hilum = np.array([0.44 * L, 0.0, side * (0.18 * float(aw_h) + 24.0) + (6.0 if side > 0 else 0.0)])
         # trunk targets: random points of this lung, more of them low and posterior (where the lung is big)
         cand = np.column_stack(
@@ -187,7 +189,7 @@ def vessel_tree(b: Body, rng: np.random.Generator) -> np.ndarray:
             ]
         )
         inside = lung_labels(np.asarray(cand[:, 0] / L), cand[:, 1], cand[:, 2], b) == (1 if side < 0 else 2)
-        targets = cand[inside][:12]
+        targets = cand[inside][:22]
         p = np.repeat(hilum[None], len(targets), axis=0)
         d = targets - p
         length = np.linalg.norm(d, axis=1) * 0.45
@@ -234,22 +236,24 @@ def _tube_field(
     pts, vol = cylinder_points(seg[:, :3], seg[:, 3:6], radius, rng, point_volume=max(px, 0.8) ** 3 * 0.5)
     idx = grid.to_index(pts[:, 0], pts[:, 1], pts[:, 2])
     field = splat(grid.work_shape, idx, vol / vox, sigma_px=0.55)
+    field *= 1.8  # thin vessels still show (partial volume at the work resolution)
     return np.clip(field, 0.0, 1.0, out=field)
 
 
-def build_anatomy(grid: Grid, b: Body, rng: np.random.Generator) -> Anatomy:
-    """Render the chest of ``b`` on ``grid``'s work grid."""
-    s, y, x = grid.axes()
+def _render_slab(
+    s: np.ndarray, y: np.ndarray, x: np.ndarray, b: Body
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """HU, lung labels, lobe codes and the thorax mask of the slices at levels ``s`` (``(k, 1, 1)`` mm)."""
     t = s / np.float32(b.lung_height)
     aw, bw = cavity_axes(t, b)
-    sh = grid.work_shape
+    sh = (s.shape[0], y.shape[1], x.shape[2])
     hu = np.full(sh, -1000.0, dtype=np.float32)
 
     # table under the patient and body wall layers
-    back = bw + 40.0 + b.fat * 0.5
+    back = bw + 32.0 + b.fat * 0.5
     table = (y > back + 6) & (y < back + 11) & (np.abs(x) < 220)
     hu[np.broadcast_to(table, sh)] = 120.0
-    ap = np.where(y > 0, 40.0 + b.fat * 0.5, 10.0 + b.muscle + b.fat)
+    ap = np.where(y > 0, 32.0 + b.fat * 0.5, 8.0 + b.muscle + b.fat)
     body = (_ellipse(x, y, aw + 10 + b.muscle + b.fat, bw + ap) < 1.0) & (y < back)
     hu[body] = -105.0
     muscle = _ellipse(x, y, aw + 10 + b.muscle, bw + ap - b.fat) < 1.0
@@ -330,7 +334,7 @@ def build_anatomy(grid: Grid, b: Body, rng: np.random.Generator) -> Anatomy:
     hu[spleen] = 48.0
     if b.stomach_air:
         stom = below & (_ellipse(x - 0.4 * b.aw, y + 0.3 * bw, 35.0, 30.0) < 1.0) & (t < 1.25)
-        hu[stom & (y < -0.3 * bw)] = -1000.0
+        hu[stom & (y < -0.3 * bw) & (t > dome_l + 0.08)] = -1000.0
 
     # lungs and lobes
     lung = lung_labels(t, y, x, b)
@@ -338,6 +342,21 @@ def build_anatomy(grid: Grid, b: Body, rng: np.random.Generator) -> Anatomy:
     inlung = lung > 0
     paren = b.lung_hu + b.gravity_hu * np.clip(y / bw, -1.0, 1.0) + 20.0 * smoothstep(0.6, 1.1, t)
     hu = np.where(inlung, np.broadcast_to(paren, sh), hu).astype(np.float32)
+    return hu, lung, lobe, np.broadcast_to(cavity & ~below, sh)
+
+
+def build_anatomy(grid: Grid, b: Body, rng: np.random.Generator, *, chunk: int = 8) -> Anatomy:
+    """Render the chest of ``b`` on ``grid``'s work grid (``chunk`` slices at a time, cache-friendly)."""
+    s, y, x = grid.axes()
+    t = s / np.float32(b.lung_height)
+    sh = grid.work_shape
+    hu = np.empty(sh, dtype=np.float32)
+    lung = np.empty(sh, dtype=np.uint8)
+    lobe = np.empty(sh, dtype=np.uint8)
+    thorax = np.empty(sh, dtype=bool)
+    for i in range(0, sh[0], chunk):
+        part = slice(i, min(i + chunk, sh[0]))
+        hu[part], lung[part], lobe[part], thorax[part] = _render_slab(s[part], y, x, b)
 
     # vessels (everywhere in the thorax above the domes) and airways (in the lungs)
     seg = vessel_tree(b, rng)
@@ -357,7 +376,7 @@ def build_anatomy(grid: Grid, b: Body, rng: np.random.Generator) -> Anatomy:
         vessel=vessel,
         wall=wall,
         airway=lumen,
-        thorax=cavity & ~below,
+        thorax=thorax,
         t=t,
         y=y,
         x=x,

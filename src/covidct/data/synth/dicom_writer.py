@@ -8,13 +8,16 @@ where GDCM is missing, RLE Lossless (pydicom's own encoder) is written instead a
 
 from __future__ import annotations
 
+import importlib
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     JPEGLosslessSV1,
@@ -33,7 +36,7 @@ IMPLEMENTATION_UID = generate_uid(entropy_srcs=["covidct synthetic phantom write
 def have_jpeg_lossless_encoder() -> bool:
     """True when GDCM can encode JPEG Lossless SV1 here."""
     try:
-        import gdcm  # noqa: F401
+        importlib.import_module("gdcm")
     except ImportError:
         return False
     return True
@@ -41,8 +44,7 @@ def have_jpeg_lossless_encoder() -> bool:
 
 def _jpeg_lossless(frame: np.ndarray, bits_stored: int, signed: bool) -> bytes:
     """One frame encoded as JPEG Lossless SV1 by GDCM."""
-    import gdcm
-
+    gdcm: Any = importlib.import_module("gdcm")
     writer = gdcm.ImageWriter()  # keeps the image alive while we use it
     image = writer.GetImage()
     image.SetNumberOfDimensions(2)
@@ -145,11 +147,11 @@ def _base_dataset(meta: dict[str, str], s: ScannerSettings, seed_key: str) -> Da
 def _finish(
     ds: Dataset, frame: np.ndarray, s: ScannerSettings, path: Path, sop_uid: str, syntax: str
 ) -> None:
-    ds.SOPInstanceUID = sop_uid
+    ds.SOPInstanceUID = UID(sop_uid)
     ds.Rows, ds.Columns = (int(v) for v in frame.shape)
     fm = FileMetaDataset()
     fm.MediaStorageSOPClassUID = ds.SOPClassUID
-    fm.MediaStorageSOPInstanceUID = sop_uid
+    fm.MediaStorageSOPInstanceUID = UID(sop_uid)
     fm.ImplementationClassUID = IMPLEMENTATION_UID
     fm.ImplementationVersionName = "COVIDCT_SYNTH"
     if syntax == JPEGLosslessSV1:

@@ -86,11 +86,11 @@ def covid19(a: Anatomy, rng: np.random.Generator, *, burden: float) -> Disease:
     """Bilateral peripheral lower-predominant GGO; ``burden`` 0..1 sets number and size of the lesions."""
     hu, lung = a.hu, a.lung > 0
     lesion = np.zeros(hu.shape, dtype=np.float32)
-    n = int(round(2 + burden * 16))
+    n = round(4 + burden * 20)
     centres = _peripheral_candidates(a, rng, n, lower_bias=2.5)
     n_crazy = n_cons = 0
     for c in centres:
-        size = rng.uniform(8, 18) + burden * rng.uniform(5, 30)
+        size = rng.uniform(12, 22) + burden * rng.uniform(10, 40)
         radii = np.array(
             [size * rng.uniform(0.8, 1.3), size * rng.uniform(0.7, 1.1), size * rng.uniform(0.7, 1.1)]
         )

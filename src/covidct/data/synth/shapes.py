@@ -6,24 +6,34 @@ import numpy as np
 from scipy import ndimage
 
 
-def smoothstep(e0: float, e1: float, x: np.ndarray | float) -> np.ndarray:
+def smoothstep(e0: float | np.ndarray, e1: float | np.ndarray, x: np.ndarray | float) -> np.ndarray:
     """Cubic smooth step: 0 below ``e0``, 1 above ``e1`` (works on arrays and scalars)."""
     u = np.clip((np.asarray(x, dtype=np.float32) - e0) / (e1 - e0), 0.0, 1.0)
     return u * u * (3.0 - 2.0 * u)
 
 
-def upsample2(a: np.ndarray) -> np.ndarray:
+def upsample2(a: np.ndarray, *, chunk: int = 8) -> np.ndarray:
     """Bilinear 2x up-sampling of the last two axes with half-pixel alignment (float32 in, float32 out).
 
-    Work pixel ``i`` covers output pixels ``2i`` and ``2i+1``; edges are clamped.
+    Work pixel ``i`` covers output pixels ``2i`` and ``2i+1``; edges are clamped. A 3-D array is processed
+    ``chunk`` slices at a time (cache-friendly).
     """
     a = np.asarray(a, dtype=np.float32)
-    out_y = np.empty(a.shape[:-2] + (2 * a.shape[-2], a.shape[-1]), dtype=np.float32)
+    if a.ndim == 3 and a.shape[0] > chunk:
+        out3 = np.empty((a.shape[0], 2 * a.shape[1], 2 * a.shape[2]), dtype=np.float32)
+        for i in range(0, a.shape[0], chunk):
+            out3[i : i + chunk] = _upsample2(a[i : i + chunk])
+        return out3
+    return _upsample2(a)
+
+
+def _upsample2(a: np.ndarray) -> np.ndarray:
+    out_y = np.empty((*a.shape[:-2], 2 * a.shape[-2], a.shape[-1]), dtype=np.float32)
     prev = np.concatenate([a[..., :1, :], a[..., :-1, :]], axis=-2)
     nxt = np.concatenate([a[..., 1:, :], a[..., -1:, :]], axis=-2)
     out_y[..., 0::2, :] = 0.75 * a + 0.25 * prev
     out_y[..., 1::2, :] = 0.75 * a + 0.25 * nxt
-    out = np.empty(out_y.shape[:-1] + (2 * a.shape[-1],), dtype=np.float32)
+    out = np.empty((*out_y.shape[:-1], 2 * a.shape[-1]), dtype=np.float32)
     prev = np.concatenate([out_y[..., :1], out_y[..., :-1]], axis=-1)
     nxt = np.concatenate([out_y[..., 1:], out_y[..., -1:]], axis=-1)
     out[..., 0::2] = 0.75 * out_y + 0.25 * prev
@@ -51,15 +61,19 @@ def splat(
     idx = np.rint(zyx_index).astype(np.int64)
     keep = np.all((idx >= 0) & (idx < np.asarray(shape)), axis=1)
     idx = idx[keep]
-    flat = np.ravel_multi_index((idx[:, 0], idx[:, 1], idx[:, 2]), shape)
-    field = np.bincount(flat, weights=weights[keep], minlength=int(np.prod(shape))).astype(np.float32)
-    field = field.reshape(shape)
-    if sigma_px > 0 and idx.size:
-        z0, z1 = int(idx[:, 0].min()), int(idx[:, 0].max()) + 1
-        y0, y1 = max(int(idx[:, 1].min()) - 3, 0), int(idx[:, 1].max()) + 4
-        x0, x1 = max(int(idx[:, 2].min()) - 3, 0), int(idx[:, 2].max()) + 4
-        sub = field[z0:z1, y0:y1, x0:x1]
-        field[z0:z1, y0:y1, x0:x1] = ndimage.gaussian_filter(sub, (0, sigma_px, sigma_px), truncate=2.5)
+    field = np.zeros(shape, dtype=np.float32)
+    if not idx.size:
+        return field
+    lo = idx.min(axis=0)
+    hi = idx.max(axis=0) + 1
+    box_shape = tuple(int(v) for v in hi - lo)
+    rel = idx - lo
+    flat = np.ravel_multi_index((rel[:, 0], rel[:, 1], rel[:, 2]), box_shape)
+    counts = np.bincount(flat, weights=weights[keep], minlength=int(np.prod(box_shape)))
+    sub = counts.astype(np.float32).reshape(box_shape)
+    if sigma_px > 0:
+        sub = ndimage.gaussian_filter(sub, (0, sigma_px, sigma_px), truncate=2.5, mode="constant")
+    field[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] = sub
     return field
 
 
