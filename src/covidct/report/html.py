@@ -9,6 +9,7 @@ input path appear only with ``show_phi=True``.
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import importlib
 import logging
@@ -91,8 +92,14 @@ def probability_plot_png(result: StudyResult) -> bytes:
     return buf.getvalue()
 
 
-def _strip_png(result: StudyResult) -> tuple[bytes, str]:
-    """The slice strip from ``covidct.report.strip`` if it exists, else our probability plot."""
+def _strip_png(result: StudyResult, *, show_phi: bool) -> tuple[bytes, str]:
+    """The slice strip from ``covidct.report.strip`` if it exists, else our probability plot.
+
+    Without ``show_phi`` the strip gets a copy of the result whose input path is blanked (paths often hold
+    patient names, and the strip may print the input in its title).
+    """
+    if not show_phi:
+        result = dataclasses.replace(result, input="study")
     try:
         strip = importlib.import_module("covidct.report.strip")
     except ImportError:
@@ -162,7 +169,7 @@ def render_report(
     parts.append("<h2>How the rule decided</h2>")
     parts.append(f"<pre id='trace'>{html.escape(d.explain())}</pre>")
 
-    strip_png, strip_caption = _strip_png(result)
+    strip_png, strip_caption = _strip_png(result, show_phi=show_phi)
     parts.append("<h2>Slices along z</h2>")
     parts.append(
         f"<figure><img class='strip' alt='slice strip' src='{data_uri(strip_png)}'>"

@@ -63,6 +63,7 @@
     const names = body.display_names || {};
     setStatus("Done in " + (r.timing_s.total !== undefined ? r.timing_s.total.toFixed(1) + " s" : "") + ".");
     $("viewer").hidden = false;
+    $("viewer").dataset.study = state.id;
     $("diagnosis").textContent = names[r.diagnosis] || r.diagnosis;
     const counts = $("counts"); counts.innerHTML = "";
     r.classes.forEach((c) => {
