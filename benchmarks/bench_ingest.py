@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import sys
 import time
@@ -25,15 +26,23 @@ DEFAULT_SERIES = (
 )
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float]]:
-    """One untimed warm-up, then ``repeats`` timed calls; (median, all runs) in seconds."""
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the decoding processes), in seconds."""
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> tuple[float, list[float], float]:
+    """One untimed warm-up, then ``repeats`` timed calls; (median wall s, all runs, median CPU s)."""
     fn()
-    runs = []
+    runs, cpu = [], []
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        c0, t0 = _cpu_seconds(), time.perf_counter()
         fn()
         runs.append(time.perf_counter() - t0)
-    return statistics.median(runs), runs
+        cpu.append(_cpu_seconds() - c0)
+    return statistics.median(runs), runs, statistics.median(cpu)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,18 +65,19 @@ def main(argv: list[str] | None = None) -> int:
         cpus = os.cpu_count() or 1
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"machine: {cpus} CPU(s) available, load average {load:.2f}; median of {args.repeats} runs")
-    rows: list[tuple[str, float, list[float]]] = []
-    med, runs = median_seconds(lambda: open_study(args.series), args.repeats)
-    rows.append(("open_study (headers only)", med, runs))
+    rows: list[tuple[str, float, list[float], float]] = []
+    med, runs, cpu = median_seconds(lambda: open_study(args.series), args.repeats)
+    rows.append(("open_study (headers only)", med, runs, cpu))
     for w in [int(v) for v in args.workers.split(",")]:
-        med, runs = median_seconds(lambda w=w: load_study(args.series, workers=w), args.repeats)
+        med, runs, cpu = median_seconds(lambda w=w: load_study(args.series, workers=w), args.repeats)
         label = "load_study serial (workers=1)" if w == 1 else f"load_study parallel (workers={w}, processes)"
-        rows.append((label, med, runs))
-    print(f"{'stage':48s} {'median s':>9s} {'slices/s':>9s}  runs")
-    for label, med, runs in rows:
-        print(f"{label:48s} {med:9.2f} {n / med:9.1f}  {', '.join(f'{r:.2f}' for r in runs)}")
-    serial = next((m for lbl, m, _ in rows if "serial" in lbl), None)
-    for label, med, _ in rows:
+        rows.append((label, med, runs, cpu))
+    # CPU s = work done (this process + decoding processes); wall < CPU only when cores were free to share it
+    print(f"{'stage':48s} {'median s':>9s} {'slices/s':>9s} {'CPU s':>7s}  runs")
+    for label, med, runs, cpu in rows:
+        print(f"{label:48s} {med:9.2f} {n / med:9.1f} {cpu:7.2f}  {', '.join(f'{r:.2f}' for r in runs)}")
+    serial = next((m for lbl, m, _, _ in rows if "serial" in lbl), None)
+    for label, med, _, _ in rows:
         if serial and "parallel" in label:
             print(f"speed-up {label.split('(')[1].rstrip(')')}: {serial / med:.2f}x over serial")
     return 0

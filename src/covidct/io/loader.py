@@ -216,6 +216,19 @@ def _pool_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+class _NoBar:
+    """Stands in for a hidden progress bar."""
+
+    def update(self, n: int) -> None:
+        pass
+
+    def reset(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _decode_serial(jobs: list[Any], bar: Any) -> list[np.ndarray | str]:
     out: list[np.ndarray | str] = []
     for job in jobs:
@@ -232,10 +245,11 @@ def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) 
     if workers is None and len(jobs) < _PARALLEL_MIN_FILES:
         n_workers = 1
     n_workers = min(n_workers, len(jobs))
-    show = progress and sys.stderr.isatty()
-    from tqdm import tqdm
+    bar: Any = _NoBar()
+    if progress and sys.stderr.isatty():  # a tqdm bar starts a monitor thread: only make one when shown
+        from tqdm import tqdm
 
-    bar = tqdm(total=len(refs), unit="slice", desc="decoding", disable=not show, file=sys.stderr)
+        bar = tqdm(total=len(refs), unit="slice", desc="decoding", file=sys.stderr)
     out: list[np.ndarray | str] = []
     try:
         if n_workers <= 1:
