@@ -1,0 +1,446 @@
+"""Inference backends for the slice classifier: one callable, several engines, chosen by measurement.
+
+A *runner* maps a float32 batch ``(n, 1, S, S)`` (lung-window slices, see ``covidct.preprocess``) to float32
+logits ``(n, num_classes)``. Backends:
+
+- ``"torch"``: PyTorch eager, float32 (the baseline).
+- ``"channels_last"``: PyTorch eager with the network and inputs in channels-last memory format.
+- ``"compile"``: ``torch.compile(dynamic=False)`` (recompiles once per batch size; dynamic shapes crashed
+  a U-Net here, see DESIGN.md).
+- ``"onnx"``: ONNX Runtime, float32, all graph optimisations, intra-op threads = cores.
+- ``"onnx-int8"``: ONNX Runtime with a static int8 QDQ model (per-channel weights, calibrated on real slices).
+- ``"openvino"``: OpenVINO float32 (``INFERENCE_PRECISION_HINT`` set to ``f32`` explicitly: OpenVINO would
+  otherwise run bfloat16 on CPUs that have it).
+- ``"openvino-int8"``: OpenVINO running the same QDQ int8 model.
+- ``"bf16"``: PyTorch autocast bfloat16 (only worthwhile on CPUs with AMX / AVX512-BF16, or on a GPU).
+
+``"auto"`` picks the fastest float32-exact backend available (order measured by ``benchmarks/run.py``, see
+BENCHMARKS.md). ``"auto-reduced"`` picks the reduced-precision backend (int8 on CPU, bfloat16 on CUDA) only if
+it agrees with float32 on at least :data:`AGREEMENT_MIN` of the calibration slices, and falls back to
+``"auto"`` otherwise.
+
+Exported and quantised models are cached on disk (built once) under a key made of the weights hash, the
+image size and the settings; the folder is ``cache_dir``, else ``$COVIDCT_CACHE_DIR``, else
+``~/.cache/covidct``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from covidct.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+#: Every backend name :func:`make_runner` accepts (besides "auto" and "auto-reduced").
+BACKENDS: tuple[str, ...] = (
+    "torch",
+    "channels_last",
+    "compile",
+    "onnx",
+    "onnx-int8",
+    "openvino",
+    "openvino-int8",
+    "bf16",
+)
+#: Backends whose answers equal float32 PyTorch within float rounding.
+FP32_BACKENDS: tuple[str, ...] = ("torch", "channels_last", "compile", "onnx", "openvino")
+#: Reduced-precision backends (answers agree by argmax, not allclose).
+REDUCED_BACKENDS: tuple[str, ...] = ("onnx-int8", "openvino-int8", "bf16")
+#: "auto" on CPU: fastest first, as measured by benchmarks/run.py on the 2-core AMD EPYC (AVX2) dev machine.
+AUTO_CPU_ORDER: tuple[str, ...] = ("onnx", "openvino", "compile", "channels_last", "torch")
+#: "auto-reduced" on CPU: fastest first (int8; this CPU has no fast bfloat16).
+AUTO_REDUCED_CPU_ORDER: tuple[str, ...] = ("onnx-int8", "openvino-int8")
+#: Minimum slice agreement (argmax) with float32 before a reduced-precision backend is used automatically.
+AGREEMENT_MIN: float = 0.99
+#: ONNX opset of the exported models.
+ONNX_OPSET: int = 17
+
+
+class Runner(Protocol):
+    """A loaded model: ``runner(x)`` with ``x`` float32 ``(n, 1, S, S)`` returns float32 logits ``(n, C)``."""
+
+    name: str
+
+    def __call__(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def default_cache_dir() -> Path:
+    """``$COVIDCT_CACHE_DIR`` if set, else ``~/.cache/covidct``."""
+    env = os.environ.get("COVIDCT_CACHE_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "covidct"
+
+
+def weights_hash(network: nn.Module) -> str:
+    """SHA-256 (first 16 hex digits) over the network's class name and state dict (names, dtypes, values)."""
+    h = hashlib.sha256(type(network).__qualname__.encode())
+    for name, tensor in sorted(network.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def array_hash(x: np.ndarray) -> str:
+    """SHA-256 (first 16 hex digits) of an array's shape, dtype and bytes."""
+    a = np.ascontiguousarray(x)
+    h = hashlib.sha256(f"{a.dtype}|{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()[:16]
+
+
+def cpu_threads() -> int:
+    """Cores this process may use (affinity-aware)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def has_fast_bf16() -> bool:
+    """True when the CPU has AMX or AVX512-BF16 (where bfloat16 matmuls beat float32)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:  # pragma: no cover - non-Linux
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def unavailable_reason(backend: str, device: str = "cpu") -> str | None:
+    """Why ``backend`` cannot run here (``None`` when it can)."""
+    if backend not in BACKENDS:
+        return f"unknown backend {backend!r}: use one of auto, auto-reduced, {', '.join(BACKENDS)}"
+    on_cuda = device.startswith("cuda")
+    if backend in ("onnx", "onnx-int8") and importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install 'covidct[onnx]')"
+    if (
+        backend in ("onnx", "onnx-int8", "openvino", "openvino-int8")
+        and importlib.util.find_spec("onnx") is None
+    ):
+        return "onnx is not installed (pip install 'covidct[onnx]')"
+    if backend.startswith("openvino"):
+        if importlib.util.find_spec("openvino") is None:
+            return "openvino is not installed (pip install openvino)"
+        if on_cuda:
+            return "openvino runs on CPU only here"
+    if backend in ("onnx-int8", "openvino-int8") and on_cuda:
+        return "int8 backends are CPU-only here; use bf16 on CUDA"
+    if on_cuda and not torch.cuda.is_available():
+        return f"device {device!r} requested but CUDA is not available"
+    return None
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary name in ``path``'s folder, then rename it to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def export_onnx(network: nn.Module, *, image_size: int, cache_dir: Path) -> Path:
+    """Export ``network`` (float32, CPU) to ONNX with a dynamic batch axis, once per weights hash."""
+    in_ch = _in_channels(network)
+    path = cache_dir / f"classifier-{weights_hash(network)}-s{image_size}-c{in_ch}-op{ONNX_OPSET}.onnx"
+    if path.exists():
+        return path
+    net = _cpu_fp32_copy(network)
+    dummy = torch.zeros(1, in_ch, image_size, image_size)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+                opset_version=ONNX_OPSET,
+            )
+
+    logger.info("exporting the classifier to ONNX: %s", path)
+    _atomic_write(path, write)
+    return path
+
+
+def quantize_int8(onnx_path: Path, calibration: np.ndarray, *, cache_dir: Path) -> Path:
+    """Static int8 QDQ model (per-channel int8 weights, uint8 activations) calibrated on ``calibration``.
+
+    ``calibration``: float32 ``(n, 1, S, S)`` real preprocessed slices (lung window, lungs only). Cached
+    by the float model's name and the calibration data's hash.
+    """
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    calib = np.ascontiguousarray(calibration, dtype=np.float32)
+    path = cache_dir / f"{onnx_path.stem}-int8qdq-{array_hash(calib)}.onnx"
+    if path.exists():
+        return path
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(calib[i : i + 8] for i in range(0, len(calib), 8))
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            batch = next(self._it, None)
+            return None if batch is None else {"x": batch}
+
+    def write(tmp: Path) -> None:
+        pre = tmp.with_name(tmp.name + ".pre.onnx")
+        try:
+            quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+            quantize_static(
+                str(pre),
+                str(tmp),
+                _Reader(),
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QUInt8,
+                weight_type=QuantType.QInt8,
+                calibrate_method=CalibrationMethod.MinMax,
+            )
+        finally:
+            pre.unlink(missing_ok=True)
+
+    logger.info("quantising the classifier to int8 (%d calibration slices): %s", len(calib), path)
+    _atomic_write(path, write)
+    return path
+
+
+def _in_channels(network: nn.Module) -> int:
+    for m in network.modules():
+        if isinstance(m, nn.Conv2d | nn.Conv3d | nn.Conv1d):
+            return int(m.in_channels)
+    raise ModelError(f"{type(network).__name__} has no convolution: make_runner expects a CNN classifier")
+
+
+def _to_channels_last(network: nn.Module) -> nn.Module:
+    return network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+
+
+def _cpu_fp32_copy(network: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(network).to("cpu", torch.float32).eval()
+
+
+@dataclass
+class TorchRunner:
+    """PyTorch runner: eager, channels-last, compiled, or bfloat16 autocast."""
+
+    name: str
+    network: nn.Module
+    device: torch.device
+    channels_last: bool = False
+    bf16: bool = False
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+        if self.channels_last:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            if self.bf16:
+                with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                    out = self.network(t)
+            else:
+                out = self.network(t)
+        return out.float().cpu().numpy()
+
+
+@dataclass
+class OnnxRunner:
+    """ONNX Runtime session on CPU (``path`` is the cached model file)."""
+
+    name: str
+    path: Path
+    threads: int
+    session: Any = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
+        return np.asarray(out, dtype=np.float32)
+
+
+@dataclass
+class OpenVinoRunner:
+    """OpenVINO on CPU with an explicit precision hint; one compiled model per batch size (static shapes)."""
+
+    name: str
+    path: Path
+    threads: int
+    precision: str = "f32"
+    _compiled: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+
+    def _model_for(self, n: int) -> Any:
+        if n not in self._compiled:
+            import openvino as ov
+
+            core = ov.Core()
+            model = core.read_model(str(self.path))
+            ps = model.input(0).get_partial_shape()
+            ps[0] = n
+            model.reshape({model.input(0): ps})
+            config = {
+                "INFERENCE_PRECISION_HINT": self.precision,
+                "INFERENCE_NUM_THREADS": str(self.threads),
+                "PERFORMANCE_HINT": "LATENCY",
+            }
+            self._compiled[n] = core.compile_model(model, "CPU", config)
+        return self._compiled[n]
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        xx = np.ascontiguousarray(x, dtype=np.float32)
+        compiled = self._model_for(len(xx))
+        return np.asarray(compiled(xx)[0], dtype=np.float32)
+
+
+def _check_inputs(image_size: int, calibration: np.ndarray | None) -> None:
+    if not isinstance(image_size, int) or image_size < 8:
+        raise ValueError(f"image_size must be an int >= 8 (pixels), got {image_size!r}")
+    if calibration is not None:
+        c = np.asarray(calibration)
+        if c.ndim != 4 or c.shape[2:] != (image_size, image_size) or len(c) == 0:
+            raise ValueError(
+                f"calibration must be float32 (n, channels, {image_size}, {image_size}) slices, got "
+                f"shape {c.shape}: pass preprocessed slices (covidct.preprocess.classifier_inputs)"
+            )
+
+
+def _build(
+    network: nn.Module,
+    backend: str,
+    *,
+    image_size: int,
+    device: str,
+    calibration: np.ndarray | None,
+    cache_dir: Path,
+    threads: int,
+) -> Runner:
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise ModelError(f"backend {backend!r} is not available: {reason}")
+    dev = torch.device(device)
+    if backend in ("torch", "channels_last", "compile", "bf16"):
+        if dev.type == "cpu":
+            torch.set_num_threads(threads)
+        net = _cpu_fp32_copy(network).to(dev)
+        if backend == "channels_last":
+            net = _to_channels_last(net)
+            return TorchRunner(backend, net, dev, channels_last=True)
+        if backend == "compile":
+            compiled = torch.compile(net, dynamic=False)
+            return TorchRunner(backend, compiled, dev)  # type: ignore[arg-type]
+        if backend == "bf16":
+            net = _to_channels_last(net)
+            return TorchRunner(backend, net, dev, channels_last=True, bf16=True)
+        return TorchRunner(backend, net, dev)
+    onnx_path = export_onnx(network, image_size=image_size, cache_dir=cache_dir)
+    if backend in ("onnx-int8", "openvino-int8"):
+        if calibration is None:
+            raise ModelError(
+                f"backend {backend!r} needs calibration slices: pass calibration=(n, 1, {image_size}, "
+                f"{image_size}) float32 preprocessed real slices (a few dozen), or use an fp32 backend"
+            )
+        onnx_path = quantize_int8(onnx_path, calibration, cache_dir=cache_dir)
+    if backend.startswith("onnx"):
+        return OnnxRunner(backend, onnx_path, threads)
+    return OpenVinoRunner(backend, onnx_path, threads, precision="f32")
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """Fraction of rows whose argmax agrees (NaN for zero rows)."""
+    if len(reference) == 0:
+        return float("nan")
+    return float(np.mean(np.argmax(reference, axis=1) == np.argmax(candidate, axis=1)))
+
+
+def make_runner(
+    network: nn.Module,
+    *,
+    backend: str = "auto",
+    image_size: int,
+    device: str = "cpu",
+    calibration: np.ndarray | None = None,
+    cache_dir: Path | str | None = None,
+    threads: int | None = None,
+) -> Runner:
+    """Build a runner for ``network`` (see the module docstring for the backends).
+
+    ``image_size``: the square input side in pixels. ``calibration``: float32 ``(n, 1, S, S)`` real
+    preprocessed slices, needed by int8 backends and by ``"auto-reduced"`` (which checks agreement on them).
+    ``threads``: intra-op threads (default: the cores this process may use). Raises ``ModelError`` when a
+    named backend cannot run here (the message says why and what to install).
+    """
+    _check_inputs(image_size, calibration)
+    cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    nthreads = threads if threads is not None else cpu_threads()
+    kw: dict[str, Any] = dict(
+        image_size=image_size, device=device, calibration=calibration, cache_dir=cdir, threads=nthreads
+    )
+    if backend == "auto":
+        return _build(network, auto_backend(device), **kw)
+    if backend == "auto-reduced":
+        fp32 = _build(network, auto_backend(device), **kw)
+        candidates = ("bf16",) if device.startswith("cuda") else AUTO_REDUCED_CPU_ORDER
+        if calibration is None:
+            logger.warning("auto-reduced: no calibration slices to check agreement on; using %s", fp32.name)
+            return fp32
+        for name in candidates:
+            if unavailable_reason(name, device) is not None:
+                continue
+            cand = _build(network, name, **kw)
+            agree = agreement(fp32(calibration), cand(calibration))
+            if agree >= AGREEMENT_MIN:
+                logger.info("auto-reduced: %s agrees with float32 on %.4f of slices", name, agree)
+                return cand
+            logger.warning("auto-reduced: %s agrees on only %.4f of slices; using %s", name, agree, fp32.name)
+            return fp32
+        return fp32
+    return _build(network, backend, **kw)
+
+
+def auto_backend(device: str = "cpu") -> str:
+    """The float32 backend "auto" picks on ``device``: the first available in the measured order."""
+    if device.startswith("cuda"):
+        return "torch"
+    for name in AUTO_CPU_ORDER:
+        if unavailable_reason(name, device) is None:
+            return name
+    return "torch"
