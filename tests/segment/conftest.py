@@ -22,10 +22,12 @@ class Phantom:
     lesion: np.ndarray  # bool, the consolidation blob (inside the right lung, touching the pleura)
 
 
-def make_phantom(*, seed: int = 0, gap_mm: float = 40.0, lungs: bool = True) -> Phantom:
+def make_phantom(*, seed: int = 0, gap_mm: float = 40.0, lungs: bool = True, dome: bool = False) -> Phantom:
     """Body ellipse (40 HU) in air; two lung ellipsoids (-850 HU) ``gap_mm`` apart at the midline; a trachea
     (-1000 HU) from the top splitting into two bronchi that enter the lungs; a 0 HU consolidation blob in the
-    right lung against the lateral chest wall. Coordinates in mm from the volume centre, LPS (+x = left)."""
+    right lung against the lateral chest wall; with ``dome`` a 40 HU sphere (a diaphragm dome) rising from below
+    into the right lung base, so that its top is an island of tissue surrounded by lung in the axial slices.
+    Coordinates in mm from the volume centre, LPS (+x = left); ``lesion`` is the dome when ``dome``."""
     rng = np.random.default_rng(seed)
     nz, ny, nx = SHAPE
     z = (np.arange(nz) * SPACING[0])[:, None, None]  # 0 = top (superior)
@@ -45,6 +47,12 @@ def make_phantom(*, seed: int = 0, gap_mm: float = 40.0, lungs: bool = True) -> 
         hu[truth > 0] = -850.0
         lesion = right & ((x + half + 88.0) ** 2 + y**2 + (z - 110.0) ** 2 <= 16.0**2)
         hu[lesion] = 0.0
+        if dome:
+            lesion = np.broadcast_to(body, SHAPE) & (
+                (x + half + 50.0) ** 2 + y**2 + (z - 200.0) ** 2 <= 50.0**2
+            )
+            truth[lesion] = 0
+            hu[lesion] = 40.0
     trachea = (x**2 + (y + 25.0) ** 2 <= 8.0**2) & (z <= 60.0)
     airway = np.broadcast_to(trachea, SHAPE).copy()
     if lungs:

@@ -70,6 +70,16 @@ def test_touching_lungs_are_split(make_phantom, gap_mm: float) -> None:  # type:
     assert dice(out, ph.truth, 2) >= 0.95
 
 
+def test_diaphragm_dome_is_not_filled_in(make_phantom) -> None:  # type: ignore[no-untyped-def]
+    ph = make_phantom(dome=True, seed=2)
+    out = ClassicalSegmenter().apply(ph.volume)
+    ring = ph.lesion[38:42]  # slices where the dome's top is an island surrounded by lung
+    assert ring.sum() > 500
+    assert not (ph.truth[38:42][ring]).any()
+    assert np.mean(out[38:42][ring] > 0) < 0.1  # 1.0 when every slice hole is filled
+    assert dice(out, ph.truth, 1) >= 0.95
+
+
 def test_no_lungs_raises_not_chest_ct(make_phantom) -> None:  # type: ignore[no-untyped-def]
     ph = make_phantom(lungs=False)
     with pytest.raises(NotChestCTError, match="no lungs"):

@@ -111,6 +111,8 @@ class ClassicalSegmenter:
         return airway
 
     def _lung_components(self, candidates: np.ndarray, pixel_mm2: float) -> np.ndarray:
+        """The lungs among the air regions inside the body: the largest component and those that are not tiny
+        and start in its upper half."""
         comps, n = ndi.label(candidates)
         if n == 0:
             raise NotChestCTError(
@@ -283,12 +285,39 @@ def _erode_apart(comp: np.ndarray, spacing: tuple[float, float, float], midline:
     return None
 
 
+def _fill_lung_holes(mask: np.ndarray, *, min_voxels: int = 100) -> np.ndarray:
+    """``mask`` with its per-slice holes filled, except holes that are the top of a structure from below.
+
+    A dome of the diaphragm (liver, spleen, heart apex) shows in the axial slices above its top as an island
+    of soft tissue surrounded by lung: a hole. Followed downwards (3-D), such a hole ends in a slice below which
+    the same place is neither lung nor hole (the structure opens into the abdomen). Those holes (of at least
+    ``min_voxels`` voxels) stay out; holes ending on lung (nodules, vessels, consolidation) are filled.
+    """
+    filled = _fill_holes_2d(mask)
+    holes = filled & ~mask
+    comps, n = ndi.label(holes)
+    if n == 0:
+        return filled
+    sizes = np.bincount(comps.ravel())
+    for label, box in enumerate(ndi.find_objects(comps), start=1):
+        if box is None or sizes[label] < min_voxels:
+            continue
+        bottom = box[0].stop - 1
+        if bottom + 1 >= mask.shape[0]:
+            continue
+        footprint = comps[bottom][box[1:]] == label
+        below = ~filled[bottom + 1][box[1:]] & footprint
+        if np.count_nonzero(below) > 0.5 * np.count_nonzero(footprint):
+            filled[box][comps[box] == label] = False
+    return filled
+
+
 def _fill(
     labels: np.ndarray, body: np.ndarray, midline: float, pixel_mm: float, *, fill_concavities: bool
 ) -> np.ndarray:
     """Fill holes per slice and lung, and the hull concavities of each lung that lie against the chest wall."""
     out = labels.copy()
-    masks = {int(v): _fill_holes_2d(labels == v) for v in (LungLabel.RIGHT, LungLabel.LEFT)}
+    masks = {int(v): _fill_lung_holes(labels == v) for v in (LungLabel.RIGHT, LungLabel.LEFT)}
     if fill_concavities:
         for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
             depth = _LazyDepth(body[z], pixel_mm)
