@@ -262,6 +262,28 @@ def test_open_study_reads_only_requested_slices(tmp_path: Path, write_series, mo
         study.read([8])
 
 
+def test_slice_that_fails_to_decode_is_dropped_and_reported(
+    tmp_path: Path, write_series, monkeypatch, dw
+) -> None:
+    hu = dw.phantom(5)
+    write_series(tmp_path, hu)
+    real = dicom.decode_group
+
+    def flaky(path, force, items):
+        if Path(path).name == "IM0003.dcm":
+            return ["cannot decode the pixel data (ValueError: broken)"] * len(items)
+        return real(path, force, items)
+
+    monkeypatch.setattr(dicom, "decode_group", flaky)
+    vol = load_study(tmp_path, workers=1)
+    np.testing.assert_array_equal(vol.hu, hu[[0, 1, 2, 4]])
+    assert vol.meta.extra["indices"] == [0, 1, 2, 4]
+    assert any("IM0003.dcm" in w and "cannot decode" in w for w in vol.meta.warnings)
+    monkeypatch.setattr(dicom, "decode_group", lambda p, f, items: ["broken"] * len(items))
+    with pytest.raises(InputError, match="none of the requested slices could be decoded"):
+        load_study(tmp_path, workers=1)
+
+
 def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_series, dw) -> None:
     hu = dw.phantom(10)
     write_series(tmp_path, hu)

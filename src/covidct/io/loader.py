@@ -164,10 +164,9 @@ class Study:
                 keep.append((ref, arr))
         if not keep:
             raise InputError(f"{self.source}: none of the requested slices could be decoded ({arrays[0]})")
-        if len(idx) != self.n_slices:
-            meta.extra["indices"] = [
-                i for i, r in zip(idx, refs, strict=True) if any(k[0] is r for k in keep)
-            ]
+        if len(keep) != self.n_slices:  # a subset, or slices lost to decoding errors: say which remain
+            kept_ids = {id(r) for r, _ in keep}
+            meta.extra["indices"] = [i for i, r in zip(idx, refs, strict=True) if id(r) in kept_ids]
         hu = np.stack([a for _, a in keep])
         first = keep[0][0]
         direction = np.stack([series.row_cosine, series.col_cosine, -series.normal], axis=1)
