@@ -62,6 +62,32 @@ def gemm_ceiling(*, n: int = 2048, threads: int | None = None, repeats: int = 7)
     return flop / t.median / 1e9, flop / t.best / 1e9
 
 
+class GemmProbe:
+    """One n^3 float32 GEMM timed on demand: the machine's matrix-multiply rate *right now*.
+
+    Timed next to each benchmarked call so that a figure can be divided by the ceiling measured under the
+    same load from other users (a paired ratio), not by a ceiling from minutes earlier.
+    """
+
+    def __init__(self, n: int = 2048) -> None:
+        import torch
+
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(n, n, generator=gen)
+        self.b = torch.randn(n, n, generator=gen)
+        self.c = torch.empty(n, n)
+        self.flop = 2.0 * n**3
+        torch.mm(self.a, self.b, out=self.c)
+
+    def __call__(self) -> float:
+        """GFLOP/s of one GEMM."""
+        import torch
+
+        t0 = time.perf_counter()
+        torch.mm(self.a, self.b, out=self.c)
+        return self.flop / (time.perf_counter() - t0) / 1e9
+
+
 def count_flops(module: Any, example: Any) -> float:
     """FLOPs of one forward pass (multiply and add counted separately) by torch's FLOP counter."""
     import torch

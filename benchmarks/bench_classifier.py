@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from _common import Timing, count_flops, time_call
+from _common import GemmProbe, Timing, count_flops, time_call
 
 logger = logging.getLogger("benchmarks")
 
@@ -58,6 +58,10 @@ class ClassifierResult:
     unavailable: dict[str, str] = field(default_factory=dict)
     agreement: dict[str, dict[str, Any]] = field(default_factory=dict)
     thread_scan: dict[tuple[str, int], Timing] = field(default_factory=dict)
+    # (backend, batch) -> per repeat: achieved GFLOP/s / GEMM GFLOP/s measured just before and after
+    paired_ceiling: dict[tuple[str, int], list[float]] = field(default_factory=dict)
+    # (backend, batch) -> per repeat: slices/s / torch slices/s in the same round
+    paired_torch: dict[tuple[str, int], list[float]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def slices_per_s(self, backend: str, batch: int) -> float:
@@ -110,6 +114,7 @@ def bench_classifier(
     flops = count_flops(net, torch.from_numpy(inputs[:1]))
     res = ClassifierResult(network=how, gflop_per_slice=flops / 1e9, threads=threads)
     cdir = cache_dir or Path(tempfile.mkdtemp(prefix="covidct-bench-"))
+    probe = GemmProbe()
 
     runners: dict[str, Any] = {}
     for name in backends:
@@ -146,9 +151,17 @@ def bench_classifier(
                 res.setup_s[f"compile@{bs}"] = time.perf_counter() - t0
         runs: dict[str, list[float]] = {n: [] for n in active}
         for _ in range(repeats):
+            before = probe()
             for n in active:
                 t = time_call(lambda n=n, x=x: runners[n](x), repeats=1, warmup=0)
+                after = probe()
                 runs[n].append(t.median)
+                achieved = bs * res.gflop_per_slice / t.median
+                res.paired_ceiling.setdefault((n, bs), []).append(achieved / ((before + after) / 2))
+                before = after
+            if "torch" in active:
+                for n in active:
+                    res.paired_torch.setdefault((n, bs), []).append(runs["torch"][-1] / runs[n][-1])
         for n in active:
             r = sorted(runs[n])
             res.timings[(n, bs)] = Timing(float(np.median(r)), r[0], tuple(runs[n]))
@@ -181,8 +194,8 @@ def bench_classifier(
         classes = np.bincount(ref_all.argmax(1), minlength=3).tolist()
         res.notes.append(f"torch fp32 slice classes (normal, cap, covid19) over agreement slices: {classes}")
         for name, runner in runners.items():
-            if name == "torch" or (name == "compile" and 16 not in compile_batches):
-                continue
+            if name in ("torch", "compile", "channels_last", "bf16"):
+                continue  # eager variants of torch itself (exact), or too slow here to run on every slice
             out = {s: run_in_batches(runner, v[0]) for s, v in studies.items()}
             got = np.concatenate(list(out.values()))
             entry: dict[str, Any] = {

@@ -122,7 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="intra-op threads for every backend")
     ap.add_argument("--model-dir", type=Path, default=None, help="trained pipeline folder (end to end)")
     ap.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
-    ap.add_argument("--skip", default="", help="comma-separated stages to skip: classify,segment,decode,e2e")
+    ap.add_argument(
+        "--skip", default="", help="comma-separated stages to skip: classify,segment,decode,decide,e2e"
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -198,9 +200,23 @@ def main(argv: list[str] | None = None) -> int:
             series = real_series()
             if "P001" not in series:
                 raise NotAvailable("P001 is not in ../shared/data")
-            return bench_decode(series["P001"], repeats=args.repeats, workers=args.threads)
+            return bench_decode(series["P001"], repeats=min(args.repeats, 2), workers=args.threads)
 
         dec = _stage("Decoding", sections, run_decode)
+    if "decide" not in skip:
+
+        def run_decide() -> list[str]:
+            try:
+                from covidct.decide import decide  # type: ignore[import-not-found]
+            except ImportError as exc:
+                raise NotAvailable(f"covidct.decide not importable ({exc})") from None
+            probs = np.random.default_rng(0).dirichlet(np.ones(3), size=150).astype(np.float32)
+            t = time_call(lambda: decide(probs).to_json(), repeats=max(5, args.repeats), warmup=1)
+            return [
+                f"## Patient rule\n\n`decide()` + `to_json()` on 150 slices: {t.median * 1e3:.2f} ms (median).\n"
+            ]
+
+        sections.extend(_stage("Patient rule", sections, run_decide) or [])
     e2e = None
     if "e2e" not in skip:
         from _data import real_series
