@@ -1,0 +1,44 @@
+"""The demo end to end, in its quick variant (a few minutes on 2 cores): every promised output exists."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from covidct.cli.main import main
+from covidct.demo import DemoSettings, run_demo
+from covidct.errors import ConfigError
+
+
+@pytest.mark.slow
+def test_quick_demo_writes_model_evaluation_and_strips(tmp_path: Path) -> None:
+    settings = replace(DemoSettings.quick(), train_patients=6, test_patients=3)
+    out = tmp_path / "demo"
+    summary = run_demo(out, settings=settings, progress=False)
+    model = out / "model"
+    assert (model / "model.json").is_file()
+    assert (model / "classifier" / "weights.safetensors").is_file()
+    assert (model / "segmenter" / "weights.safetensors").is_file()
+    metrics = json.loads((out / "evaluation" / "metrics.json").read_text())
+    assert metrics["patient"]["overall_accuracy"]["denominator"] == 3
+    assert set(metrics["ablation"]["variants"]) == {"no_truncation", "no_rule", "full"}
+    assert metrics["ablation"]["n_incomplete"] == 0  # every slice classified, so truncation can be dropped
+    summary_md = (out / "evaluation" / "summary.md").read_text()
+    assert "Table 2" in summary_md and "Table 3" in summary_md
+    assert (out / "evaluation" / "confusion_patient.png").is_file()
+    strips = sorted((out / "evaluation" / "strips").glob("*.png"))
+    assert len(strips) == 3  # one per class
+    assert json.loads((out / "demo.json").read_text())["timing_s"]["total"] == summary["timing_s"]["total"]
+    # the model folder the demo wrote is the one `covidct diagnose --model` takes
+    study = next(p for p in (out / "data" / "test").rglob("*") if p.is_dir() and any(p.glob("*.dcm")))
+    assert (
+        main(["diagnose", str(study), "--model", str(model), "-o", str(tmp_path / "dx"), "--no-strip"]) == 0
+    )
+
+
+def test_demo_refuses_a_missing_real_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not a folder"):
+        run_demo(tmp_path / "d", real=tmp_path / "missing", settings=DemoSettings.quick())
