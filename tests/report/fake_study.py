@@ -48,6 +48,7 @@ def write_dicom_series(
     spacing: tuple[float, float, float] = (2.5, 0.7, 0.7),
     patient_name: str = "Doe^Jane",
     patient_id: str = "PID-4711",
+    iop: tuple[float, ...] = (1, 0, 0, 0, 1, 0),
 ) -> list[Path]:
     """Write ``hu`` (z, y, x; z = 0 most superior) as a CT series of single-frame files; returns the paths."""
     import pydicom
@@ -74,7 +75,7 @@ def write_dicom_series(
         ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "Synthetic", 1, z + 1
         ds.BodyPartExamined = "CHEST"
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImageOrientationPatient = list(iop)
         ds.ImagePositionPatient = [-16.8, -16.8, -z * spacing[0]]
         ds.SliceLocation = -z * spacing[0]
         ds.PixelSpacing = [spacing[1], spacing[2]]

@@ -31,6 +31,18 @@ SEGMENTS: tuple[tuple[int, str, str, str], ...] = (
     (1, "Right lung", "3341006", "Right lung"),
     (2, "Left lung", "44029006", "Left lung"),
 )
+#: Type 2 attributes highdicom copies from the source; anonymised series often lack them (filled in empty).
+_TYPE2_KEYWORDS: tuple[str, ...] = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "AccessionNumber",
+    "StudyID",
+)
 #: SNOMED CT "Anatomical Structure", the segmented property category of both segments.
 CATEGORY: tuple[str, str] = ("123037004", "Anatomical Structure")
 
@@ -80,6 +92,71 @@ def source_datasets_for(volume: CTVolume) -> tuple[list[Dataset], np.ndarray]:
     raise InputError(
         "the volume's slices come from a mix of multi-frame and single-frame files; cannot write SEG"
     )
+
+
+def _orientation(ds: Dataset) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column direction cosines (LPS) of a source image (per-frame groups for enhanced CT)."""
+    iop = getattr(ds, "ImageOrientationPatient", None)
+    if iop is None:
+        try:
+            iop = ds.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+        except (AttributeError, IndexError):
+            iop = ds.PerFrameFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    v = np.asarray([float(x) for x in iop], dtype=np.float64)
+    return v[:3], v[3:6]
+
+
+def to_source_grid(mask: np.ndarray, volume: CTVolume, ds: Dataset) -> np.ndarray:
+    """Undo the in-plane flips/transposition ingestion applied, so mask slices match the source pixels.
+
+    ``covidct.io`` canonicalises volumes (array x toward patient left, y toward posterior); a series stored
+    otherwise (e.g. feet-first, prone) was flipped on loading. The volume's ``direction`` columns say where its
+    x and y axes point; the source's ImageOrientationPatient says where its columns and rows point.
+    Raises :class:`InputError` when the slices are not the source's image planes (a resliced volume).
+    """
+    row_cos, col_cos = _orientation(ds)  # directions of increasing column index and increasing row index
+    d = np.asarray(volume.direction, dtype=np.float64)
+    axes = {0: d[:, 1], 1: d[:, 0]}  # mask slice axis 0 = y, axis 1 = x
+
+    def match(target: np.ndarray) -> tuple[int, float]:
+        for axis, vec in axes.items():
+            dot = float(np.dot(target, vec))
+            if abs(abs(dot) - 1.0) < 1e-3:
+                return axis, float(np.sign(dot))
+        return -1, 0.0
+
+    src_row_axis, row_sign = match(col_cos)  # which mask axis runs along the source's rows (down)
+    src_col_axis, col_sign = match(row_cos)
+    normal = np.cross(row_cos, col_cos)
+    if (
+        src_row_axis < 0
+        or src_col_axis < 0
+        or src_row_axis == src_col_axis
+        or abs(abs(normal @ d[:, 2]) - 1) > 1e-3
+    ):
+        raise InputError(
+            "the loaded volume is not on the source images' planes (resliced or oblique on loading); "
+            "a DICOM SEG needs the source pixel grid, write the NIfTI mask instead"
+        )
+    out = mask if src_row_axis == 0 else np.swapaxes(mask, 1, 2)
+    if row_sign < 0:
+        out = out[:, ::-1, :]
+    if col_sign < 0:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+def _complete(ds: Dataset) -> Dataset:
+    """A copy of a source header with missing Type 2 patient/study attributes present but empty."""
+    import copy
+
+    missing = [k for k in _TYPE2_KEYWORDS if k not in ds]
+    if not missing:
+        return ds
+    out = copy.deepcopy(ds)
+    for keyword in missing:
+        setattr(out, keyword, "")
+    return out
 
 
 def _segment_descriptions() -> list[Any]:
@@ -133,6 +210,8 @@ def write_dicom_seg(
         datasets, order = source_datasets_for(volume)
     else:
         datasets, order = list(source_datasets), np.arange(m.shape[0])
+    datasets = [_complete(ds) for ds in datasets]
+    m = to_source_grid(m, volume, datasets[0])
     for ds in datasets:
         if (int(ds.Rows), int(ds.Columns)) != m.shape[1:]:
             raise InputError(
