@@ -41,3 +41,11 @@ def test_covid_ct_md_series(request: pytest.FixtureRequest, series: str, infecte
     # every infected slice holds lung on both sides
     for z in infected:
         assert (mask[z] == 1).any() and (mask[z] == 2).any(), z
+
+
+def test_abdominal_series_is_refused(more_ct: Path) -> None:
+    from covidct.errors import NotChestCTError
+
+    volume = load_study(more_ct / "abdomen-j2k")
+    with pytest.raises(NotChestCTError, match="no lungs found"):
+        ClassicalSegmenter().apply(volume)
