@@ -154,12 +154,9 @@ def test_ingestion_reads_what_we_write(cohort: Path) -> None:
     np.testing.assert_array_equal(np.asarray(vol.hu)[inside], p.hu[inside])
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="classical segmenter works at half resolution (downsample=2) and thresholds 2x2 block means at "
-    "-320 HU, so on 128x128 slices its mask gains a one-pixel ring next to fat/muscle: mean Dice 0.948 measured",
-)
 def test_classical_segmentation_reaches_dice_095(cohort: Path) -> None:
+    """Quality bar on a small cohort read back from DICOM (the classical segmenter works at half resolution,
+    so 128 x 128 slices are its hardest case: measured mean 0.957 for this cohort, 0.951 for seed 7)."""
     seg_mod = pytest.importorskip("covidct.segment", reason="covidct.segment not written yet")
     import SimpleITK as sitk
 
@@ -221,3 +218,16 @@ def test_jpeg_lossless_roundtrip(tmp_path: Path) -> None:
         ds = pydicom.dcmread(path)
         assert ds.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.70"
         np.testing.assert_array_equal(ds.pixel_array, frame)
+
+
+@pytest.mark.slow
+def test_classical_segmentation_dice_full_size() -> None:
+    """The quality bar at the resolution the classical segmenter is made for (512 x 512)."""
+    seg_mod = pytest.importorskip("covidct.segment", reason="covidct.segment not written yet")
+    from covidct.segment.quality import dice
+
+    seg = seg_mod.get_segmenter("classical")
+    for cls, seed in (("normal", 1), ("covid19", 2)):
+        p = generate_patient(cls, seed=seed, size="full", n_slices=100)
+        assert p.hu.shape == (100, 512, 512)
+        assert dice(seg.apply(p.volume()) > 0, p.lung_mask > 0) >= 0.95

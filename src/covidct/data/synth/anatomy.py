@@ -250,7 +250,7 @@ def _render_slab(
     hu = np.full(sh, -1000.0, dtype=np.float32)
 
     # table under the patient and body wall layers
-    back = bw + 32.0 + b.fat * 0.5
+    back = bw + 26.0 + b.fat * 0.5
     table = (y > back + 6) & (y < back + 11) & (np.abs(x) < 220)
     hu[np.broadcast_to(table, sh)] = 120.0
     ap = np.where(y > 0, 32.0 + b.fat * 0.5, 8.0 + b.muscle + b.fat)

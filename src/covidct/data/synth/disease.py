@@ -132,7 +132,7 @@ def cap(a: Anatomy, rng: np.random.Generator, *, burden: float) -> Disease:
         pattern = f"lobar-consolidation-{lobe}"
         k = int(rng.integers(zz.size))
         c = np.array([zz[k], 2 * yy[k], 2 * xx[k]])
-        size = 25 + burden * 45
+        size = 35 + burden * 50
         box, f = _blob(a, c, np.array([size * 1.2, size, size]), rng)
         f = f * in_lobe[box]
         tex = ndimage.gaussian_filter(rng.normal(size=f.shape).astype(np.float32), (0.5, 1.0, 1.0)) * 40.0
@@ -154,7 +154,7 @@ def cap(a: Anatomy, rng: np.random.Generator, *, burden: float) -> Disease:
         dist = np.linalg.norm((c - anchor) * [a.grid.dz, a.grid.work_px, a.grid.work_px], axis=1)
         c = c[np.argsort(dist)[:m]] + rng.uniform(-0.5, 0.5, size=(min(m, len(c)), 3))
         pts = np.repeat(c, 6, axis=0) + rng.normal(scale=[0.3, 1.2, 1.2], size=(len(c) * 6, 3))
-        f = splat(a.grid.work_shape, pts, np.full(len(pts), 0.45, dtype=np.float64), sigma_px=0.9)
+        f = splat(a.grid.work_shape, pts, np.full(len(pts), 0.9, dtype=np.float64), sigma_px=0.9)
         f = np.clip(f, 0, 1) * lung
         target = rng.uniform(-250, 0)
         hu += f * (target - hu)

@@ -100,9 +100,9 @@ def generate_patient(
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
     body = Body.sample(rng)
     above = float(rng.uniform(8, 25))
-    extent = above + body.lung_height * 1.3 + float(rng.uniform(5, 25))
+    extent = above + body.lung_height * 1.3 + float(rng.uniform(15, 40))
     s = sample_settings(site, rng, size=size, extent_mm=extent, n_slices=n_slices)
-    need = 2 * (body.aw + 25 + body.muscle + body.fat) + 10
+    need = 2 * (body.aw + 12 + body.muscle + body.fat) + 16
     if s.size * s.pixel_mm < need:
         s = dataclasses.replace(s, pixel_mm=need / s.size)
     factor = 2 if s.size >= 256 else 1
@@ -118,10 +118,15 @@ def generate_patient(
     )
     a = build_anatomy(grid, body, rng)
     findings = dis.look_alikes(a, rng)
-    if name == "covid19":
-        d = dis.covid19(a, rng, burden=float(rng.beta(1.3, 2.0)))
-    elif name == "cap":
-        d = dis.cap(a, rng, burden=float(rng.beta(1.5, 2.0)))
+    if name in ("covid19", "cap"):
+        clean = a.hu.copy()
+        burden = float(rng.beta(1.3, 2.0) if name == "covid19" else rng.beta(1.5, 2.0))
+        for _ in range(6):  # an abnormal patient must show disease: redraw (bigger) if none landed in the lung
+            d = dis.covid19(a, rng, burden=burden) if name == "covid19" else dis.cap(a, rng, burden=burden)
+            if np.count_nonzero((d.lesion >= 0.5) & (a.lung > 0)) * (s.pixel_mm * factor) ** 2 >= 50.0:
+                break
+            a.hu[...] = clean
+            burden = min(1.0, burden + 0.2)
     else:
         d = dis.Disease(np.zeros(a.hu.shape, np.float32), np.zeros(a.hu.shape, bool), "none")
     hu = _compose(a, d, rng, name, findings)
@@ -129,20 +134,21 @@ def generate_patient(
         hu += 0.35 * (hu - ndimage.uniform_filter(hu, size=(1, 3, 3)))
     lung = np.where(d.effusion, 0, a.lung).astype(np.uint8)
     lesion = ((d.lesion >= 0.5) & (lung > 0)).astype(np.uint8)
-    lobe = a.lobe
+    # labels: a slice is infected when its lesion area reaches MIN_LESION_AREA_MM2 (counted on the work grid,
+    # whose pixels are factor x factor output pixels)
+    n = lesion.shape[0]
+    area = lesion.reshape(n, -1).sum(1) * (s.pixel_mm * factor) ** 2
+    slice_labels = (area >= MIN_LESION_AREA_MM2).astype(np.int32)
+    lobe_labels = np.zeros((n, 5), dtype=np.float64)
+    for k in range(5):
+        hit = ((a.lobe == k + 1) & (lesion > 0)).reshape(n, -1).any(1)
+        lobe_labels[:, k] = hit & (slice_labels > 0)
     if factor == 2:
         hu = upsample2(hu)
-        lung, lesion, lobe = nearest2(lung), nearest2(lesion), nearest2(lobe)
+        lung, lesion = nearest2(lung), nearest2(lesion)
     add_noise(hu, s, rng)
     np.clip(hu, -1024, 3071, out=hu)
     hu = apply_fov(np.rint(hu).astype(np.int16), s)
-    # labels: a slice is infected when its lesion area reaches MIN_LESION_AREA_MM2
-    area = lesion.reshape(lesion.shape[0], -1).sum(1) * s.pixel_mm**2
-    slice_labels = (area >= MIN_LESION_AREA_MM2).astype(np.int32)
-    lobe_labels = np.zeros((len(slice_labels), 5), dtype=np.float64)
-    for k in range(5):
-        hit = ((lobe == k + 1) & (lesion > 0)).reshape(len(slice_labels), -1).any(1)
-        lobe_labels[:, k] = hit & (slice_labels > 0)
     fov = s.size * s.pixel_mm
     z0 = float(np.round(rng.uniform(-90, 10), 1))
     origin = (-fov / 2 + s.pixel_mm / 2 - grid.bx * 0, -fov / 2 + s.pixel_mm / 2 - 150.0, z0)
