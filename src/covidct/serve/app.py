@@ -214,7 +214,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
         """Liveness: the model identity and how many jobs are in each state."""
-        identity = getattr(getattr(diagnoser, "pipeline", None), "identity", None)
+        identity: Any = getattr(getattr(diagnoser, "pipeline", None), "identity", None)
         model = identity.to_json() if hasattr(identity, "to_json") else dict(identity or {})
         return {"status": "ok", "version": __version__, "model": model, "jobs": store.counts()}
 
