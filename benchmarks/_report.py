@@ -198,7 +198,22 @@ def render(
         out += [
             "## End to end",
             "",
-            md_table(["series", "backend", "s/study", "diagnosis"], e2e),
+            md_table(
+                [
+                    "series",
+                    "model",
+                    "backend",
+                    "s/study (median)",
+                    "load",
+                    "segment",
+                    "classify",
+                    "decide",
+                    "diagnosis",
+                ],
+                e2e,
+            ),
+            "Files to JSON diagnosis with `covidct.diagnose.Diagnoser` (models loaded once); stage columns are "
+            "the Diagnoser's own `timing_s` (seconds, medians). Only the kept slices are classified.",
             "",
         ]
     out += sections

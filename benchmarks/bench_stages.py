@@ -91,14 +91,17 @@ def _lungmask_unet() -> Any:
 
 def _project_unet() -> tuple[torch.nn.Module, str]:
     try:
-        from covidct.segment.unet import build_unet  # type: ignore[attr-defined]
+        from covidct.segment.unet import build_segmenter
 
-        return build_unet().eval(), "covidct.segment.unet.build_unet(), random weights"
+        return (
+            build_segmenter().eval(),
+            "covidct.segment.unet.build_segmenter() (default features), random weights",
+        )
     except (ImportError, AttributeError):
         from monai.networks.nets import BasicUNet
 
         net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=3)
-        return net.eval(), "monai BasicUNet(2-D, 1->3, default features), random weights"
+        return net.eval(), "monai BasicUNet(2-D, 1->3, MONAI default features), random weights"
 
 
 def bench_segment(
