@@ -13,7 +13,8 @@ The method, on a grid downsampled in-plane (``downsample``, default 2) for speed
    (they touch at the anterior/posterior junction) is eroded (distance transform) until it falls apart into
    two large parts on opposite sides; every voxel then takes the label of its nearest part.
 5. Filling, per axial slice and lung: holes (vessels, nodules, consolidation surrounded by aerated lung) are
-   filled, and so are concavities of the lung's convex hull that open towards the chest wall (peripheral and
+   filled, except the tops of diaphragm domes (holes that open into tissue in the slice below), and so are
+   concavities of the lung's convex hull that open towards the chest wall (peripheral and
    dependent consolidation, effusion); concavities towards the mediastinum (heart, hilum) are left out.
 
 Labels are those of :class:`covidct.registry.LungLabel`: 0 background, 1 the patient's right lung, 2 the
