@@ -27,6 +27,8 @@ class TrainConfig:
     ``split_seed`` (default: ``seed``) draws the patient split; ``splits_file`` reuses a written one.
     ``pipeline_dir``: also write/refresh the pipeline ``model.json`` there (automatic when ``out_dir`` is
     named ``classifier`` or ``segmenter``: its parent is the pipeline folder).
+    ``bn_recalibration_batches``: before each validation, BatchNorm statistics are recomputed over that many
+    training batches (0: keep the running averages); see :func:`covidct.train.engine.recalibrate_batchnorm`.
     """
 
     data: list[Path]
@@ -58,6 +60,7 @@ class TrainConfig:
     progress: bool = True
     pipeline_dir: Path | None = None
     name: str | None = None
+    bn_recalibration_batches: int = 16
 
     def __post_init__(self) -> None:
         self.data = [Path(p) for p in (self.data if isinstance(self.data, list | tuple) else [self.data])]

@@ -1,7 +1,7 @@
 """The training loop shared by the classifier and the segmenter.
 
 Per epoch: class-balanced (or uniform) sampling of slices with a seed per epoch, augmentation, a step per
-batch (Adam/SGD, AMP on CUDA), then validation, a row in ``training_log.csv``, the learning-curve PNG, the
+batch (Adam/SGD, AMP on CUDA), BatchNorm statistics recomputed over training batches, then validation, a row in ``training_log.csv``, the learning-curve PNG, the
 ``last.pt`` checkpoint (model, optimizer, scheduler, scaler, early-stopping state, history) and ``best.pt``
 when the validation score improved. Because every random draw is seeded from (seed, epoch, rank), a run
 resumed from ``last.pt`` continues exactly as the uninterrupted run would have.
@@ -151,6 +151,39 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim
     return torch.optim.lr_scheduler.ExponentialLR(opt, gamma=gamma)
 
 
+def recalibrate_batchnorm(
+    model: nn.Module, dataset: SliceDataset, *, batches: int, batch_size: int, seed: int, device: torch.device
+) -> None:
+    """Recompute BatchNorm running statistics as exact averages over ``batches`` random training batches.
+
+    The running averages that training keeps (momentum 0.1) mix statistics of earlier, different weights; in
+    short trainings the eval-mode network then differs from the train-mode one (measured here: a ResNet-18
+    100 % right in train mode answered "normal" for everything in eval mode after 20 steps). Inputs are not
+    augmented and drawn uniformly (the data as inference sees it). Deterministic given ``seed``.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or batches <= 0 or len(dataset) < 2:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=g)[: batches * batch_size].tolist()
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for i in range(0, len(order), batch_size):
+            chunk = order[i : i + batch_size]
+            if len(chunk) < 2:  # train-mode BatchNorm needs two samples
+                break
+            x = torch.stack([dataset[j][0] for j in chunk]).to(device)
+            model(x)
+    for m, mom in zip(bns, momenta, strict=True):
+        m.momentum = mom
+    model.train(was_training)
+
+
 def _score(v: float) -> float:
     return -math.inf if v is None or math.isnan(v) else float(v)
 
@@ -238,6 +271,14 @@ def fit(
                 break
         sched.step()
         train_loss = mean_across(dist, float(np.mean(losses)) if losses else float("nan"))
+        recalibrate_batchnorm(
+            model,
+            task.train_set,
+            batches=cfg.bn_recalibration_batches,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed * 1009 + epoch,
+            device=device,
+        )
         model.eval()
         metrics = task.evaluate(model, device)
         row: dict[str, float] = {"epoch": float(epoch + 1), "train_loss": train_loss}
