@@ -39,12 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"covidct.cli.{name}")
-        except ModuleNotFoundError as exc:  # DEVELOPMENT ONLY: removed once every command exists
-            if exc.name == f"covidct.cli.{name}":
-                continue
-            raise
+        module = importlib.import_module(f"covidct.cli.{name}")
         module.register(sub)
     return parser
 
