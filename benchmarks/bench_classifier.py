@@ -179,6 +179,13 @@ def bench_classifier(
             for th in sorted({1, threads}):
                 r = make_runner(net, backend=name, image_size=size, cache_dir=cdir, threads=th)
                 res.thread_scan[(name, th)] = time_call(lambda r=r: r(x), repeats=repeats, warmup=1)
+                if name == "onnx":
+                    from covidct.classify.backends import OnnxRunner
+
+                    ns = OnnxRunner("onnx", runners["onnx"].path, th, spin=False)
+                    res.thread_scan[("onnx (no spinning)", th)] = time_call(
+                        lambda r=ns: r(x), repeats=repeats, warmup=1
+                    )
         torch.set_num_threads(threads)
 
     # agreement with torch float32

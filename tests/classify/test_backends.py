@@ -80,6 +80,24 @@ def test_compile_matches_torch(
 ) -> None:
     runner = B.make_runner(net, backend="compile", image_size=SIZE, cache_dir=cache)
     np.testing.assert_allclose(runner(x[:4]), reference[:4], rtol=1e-4, atol=1e-4)
+    # other sizes are split / padded to the compiled batch of 4 (no recompilation), same answers
+    np.testing.assert_allclose(runner(x[:10]), reference[:10], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(runner(x[:1]), reference[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_fixed_batch_splits_and_pads(net: torch.nn.Module, x: np.ndarray, reference: np.ndarray) -> None:
+    seen: list[int] = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, t: torch.Tensor) -> torch.Tensor:
+            seen.append(len(t))
+            return net(t)
+
+    runner = B.TorchRunner("spy", Spy(), torch.device("cpu"), fixed_batch=True)
+    np.testing.assert_allclose(runner(x[:4]), reference[:4], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(runner(x[:10]), reference[:10], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(runner(x[:1]), reference[:1], rtol=1e-5, atol=1e-5)
+    assert set(seen) == {4}  # one batch size only
 
 
 @pytest.mark.parametrize("backend", ["onnx-int8", "openvino-int8"])
@@ -178,3 +196,13 @@ def test_agreement() -> None:
     assert B.agreement(a, a) == 1.0
     assert B.agreement(a, a[::-1]) == 0.0
     assert np.isnan(B.agreement(a[:0], a[:0]))
+
+
+def test_onnx_without_spinning_matches(
+    net: torch.nn.Module, cache: Path, x: np.ndarray, reference: np.ndarray
+) -> None:
+    if B.unavailable_reason("onnx") is not None:
+        pytest.skip("onnxruntime missing")
+    path = B.export_onnx(net, image_size=SIZE, cache_dir=cache)
+    runner = B.OnnxRunner("onnx", path, threads=1, spin=False)
+    np.testing.assert_allclose(runner(x), reference, rtol=1e-4, atol=1e-4)

@@ -253,15 +253,22 @@ def _cpu_fp32_copy(network: nn.Module) -> nn.Module:
 
 @dataclass
 class TorchRunner:
-    """PyTorch runner: eager, channels-last, compiled, or bfloat16 autocast."""
+    """PyTorch runner: eager, channels-last, compiled, or bfloat16 autocast.
+
+    ``fixed_batch`` (used for ``torch.compile(dynamic=False)``): the first call's batch size is the only one
+    the network ever sees; larger inputs are split and smaller ones zero-padded, so a study's short last
+    batch never triggers a (minutes-long) recompilation.
+    """
 
     name: str
     network: nn.Module
     device: torch.device
     channels_last: bool = False
     bf16: bool = False
+    fixed_batch: bool = False
+    _batch: int | None = field(default=None, init=False, repr=False)
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
@@ -273,14 +280,34 @@ class TorchRunner:
                 out = self.network(t)
         return out.float().cpu().numpy()
 
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if not self.fixed_batch or len(x) == 0:
+            return self._forward(x)
+        if self._batch is None:
+            self._batch = len(x)
+        b = self._batch
+        outs = []
+        for i in range(0, len(x), b):
+            chunk = x[i : i + b]
+            n = len(chunk)
+            if n < b:
+                chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+            outs.append(self._forward(chunk)[:n])
+        return np.concatenate(outs)
+
 
 @dataclass
 class OnnxRunner:
-    """ONNX Runtime session on CPU (``path`` is the cached model file)."""
+    """ONNX Runtime session on CPU (``path`` is the cached model file).
+
+    ``spin``: let idle worker threads spin-wait between operators (ONNX Runtime's default; faster on an idle
+    machine, wasteful on a shared one).
+    """
 
     name: str
     path: Path
     threads: int
+    spin: bool = True
     session: Any = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -291,6 +318,8 @@ class OnnxRunner:
         opts.intra_op_num_threads = self.threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not self.spin:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -366,7 +395,7 @@ def _build(
             return TorchRunner(backend, net, dev, channels_last=True)
         if backend == "compile":
             compiled = torch.compile(net, dynamic=False)
-            return TorchRunner(backend, compiled, dev)  # type: ignore[arg-type]
+            return TorchRunner(backend, compiled, dev, fixed_batch=True)  # type: ignore[arg-type]
         if backend == "bf16":
             net = _to_channels_last(net)
             return TorchRunner(backend, net, dev, channels_last=True, bf16=True)
