@@ -189,13 +189,13 @@ def vessel_tree(b: Body, rng: np.random.Generator) -> np.ndarray:
             ]
         )
         inside = lung_labels(np.asarray(cand[:, 0] / L), cand[:, 1], cand[:, 2], b) == (1 if side < 0 else 2)
-        targets = cand[inside][:22]
+        targets = cand[inside][:16]
         p = np.repeat(hilum[None], len(targets), axis=0)
         d = targets - p
-        length = np.linalg.norm(d, axis=1) * 0.45
+        length = np.linalg.norm(d, axis=1) * 0.35
         d /= np.linalg.norm(d, axis=1, keepdims=True)
         r = np.full(len(targets), 3.6)
-        for gen in range(11):
+        for gen in range(9):
             end = p + d * length[:, None]
             lab = lung_labels(np.asarray(end[:, 0] / L), end[:, 1], end[:, 2], b)
             short = p + d * (0.5 * length)[:, None]
@@ -213,16 +213,16 @@ def vessel_tree(b: Body, rng: np.random.Generator) -> np.ndarray:
             rnd = rng.normal(size=(k, 3))
             perp = rnd - (rnd * d).sum(1, keepdims=True) * d
             perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-6)
-            ang = rng.uniform(0.35, 0.65, size=(k, 1))
+            ang = rng.uniform(0.3, 0.6, size=(k, 1))
             c1 = np.cos(ang) * d + np.sin(ang) * perp + 0.25 * out
             c2 = np.cos(ang) * d - np.sin(ang) * perp + 0.25 * out
             nd = np.concatenate([c1, c2])
             nd /= np.linalg.norm(nd, axis=1, keepdims=True)
             p = np.concatenate([end, end])
             d = nd
-            length = np.concatenate([length, length]) * rng.uniform(0.68, 0.85, size=2 * k)
-            r = np.concatenate([r, r]) * rng.uniform(0.7, 0.8, size=2 * k)
-            keep = r > 0.4
+            length = np.concatenate([length, length]) * rng.uniform(0.8, 0.95, size=2 * k)
+            r = np.concatenate([r, r]) * rng.uniform(0.68, 0.78, size=2 * k)
+            keep = r > 0.45
             p, d, length, r = p[keep], d[keep], length[keep], r[keep]
     return np.concatenate(rows) if rows else np.zeros((0, 8))
 
@@ -236,7 +236,7 @@ def _tube_field(
     pts, vol = cylinder_points(seg[:, :3], seg[:, 3:6], radius, rng, point_volume=max(px, 0.8) ** 3 * 0.5)
     idx = grid.to_index(pts[:, 0], pts[:, 1], pts[:, 2])
     field = splat(grid.work_shape, idx, vol / vox, sigma_px=0.55)
-    field *= 1.8  # thin vessels still show (partial volume at the work resolution)
+    field *= 1.4  # thin vessels still show (partial volume at the work resolution)
     return np.clip(field, 0.0, 1.0, out=field)
 
 
@@ -250,14 +250,17 @@ def _render_slab(
     hu = np.full(sh, -1000.0, dtype=np.float32)
 
     # table under the patient and body wall layers
-    back = bw + 26.0 + b.fat * 0.5
+    back = bw + 36.0 + b.fat * 0.5
     table = (y > back + 6) & (y < back + 11) & (np.abs(x) < 220)
     hu[np.broadcast_to(table, sh)] = 120.0
-    ap = np.where(y > 0, 32.0 + b.fat * 0.5, 8.0 + b.muscle + b.fat)
-    body = (_ellipse(x, y, aw + 10 + b.muscle + b.fat, bw + ap) < 1.0) & (y < back)
+    ap = np.where(y > 0, 42.0 + b.fat * 0.5, 8.0 + b.muscle + b.fat)
+    shoulder = 35.0 * (1.0 - smoothstep(0.15, 0.6, t))  # shoulder girdle muscles at the upper levels
+    body = (_ellipse(x, y, aw + 10 + b.muscle + b.fat + shoulder, bw + ap) < 1.0) & (y < back)
     hu[body] = -105.0
-    muscle = _ellipse(x, y, aw + 10 + b.muscle, bw + ap - b.fat) < 1.0
+    muscle = _ellipse(x, y, aw + 10 + b.muscle + shoulder, bw + ap - b.fat) < 1.0
     hu[muscle & body] = 42.0
+    scap = (t < 0.5) & (_ellipse(np.abs(x) - 0.6 * aw, y - bw - 16.0, 38.0, 3.5) < 1.0)
+    hu[scap & body] = 700.0
     ring_out = _ellipse(x, y, aw + 10, bw + 10) < 1.0
     ring_in = _ellipse(x, y, aw + 2, bw + 2) < 1.0
     rib_on = np.cos(2 * np.pi * (s + 0.4 * y + b.rib_phase) / 30.0) > 0.5

@@ -100,9 +100,9 @@ def generate_patient(
     rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7]))
     body = Body.sample(rng)
     above = float(rng.uniform(8, 25))
-    extent = above + body.lung_height * 1.3 + float(rng.uniform(15, 40))
+    extent = above + body.lung_height * 1.38 + float(rng.uniform(20, 50))
     s = sample_settings(site, rng, size=size, extent_mm=extent, n_slices=n_slices)
-    need = 2 * (body.aw + 12 + body.muscle + body.fat) + 16
+    need = 2 * (body.aw + 12 + body.muscle + body.fat) + 10
     if s.size * s.pixel_mm < need:
         s = dataclasses.replace(s, pixel_mm=need / s.size)
     factor = 2 if s.size >= 256 else 1
@@ -121,7 +121,9 @@ def generate_patient(
     if name in ("covid19", "cap"):
         clean = a.hu.copy()
         burden = float(rng.beta(1.3, 2.0) if name == "covid19" else rng.beta(1.5, 2.0))
-        for _ in range(6):  # an abnormal patient must show disease: redraw (bigger) if none landed in the lung
+        for _ in range(
+            6
+        ):  # an abnormal patient must show disease: redraw (bigger) if none landed in the lung
             d = dis.covid19(a, rng, burden=burden) if name == "covid19" else dis.cap(a, rng, burden=burden)
             if np.count_nonzero((d.lesion >= 0.5) & (a.lung > 0)) * (s.pixel_mm * factor) ** 2 >= 50.0:
                 break

@@ -39,7 +39,7 @@ PROFILES: dict[str, Profile] = {
         "SOMATOM Scope",
         (2.0,),
         (("D40s", 0.4), ("B70s", 0.9)),
-        (12.0, 28.0),
+        (8.0, 16.0),
         -1024,
         False,
         12,
@@ -55,7 +55,7 @@ PROFILES: dict[str, Profile] = {
         "LightSpeed VCT",
         (1.25, 2.5, 5.0),
         (("STANDARD", 0.3), ("LUNG", 0.95)),
-        (10.0, 35.0),
+        (8.0, 22.0),
         -1024,
         True,
         16,
@@ -71,7 +71,7 @@ PROFILES: dict[str, Profile] = {
         "Aquilion",
         (1.0, 2.0, 3.0),
         (("FC08", 0.2), ("FC52", 0.85)),
-        (8.0, 30.0),
+        (6.0, 18.0),
         0,
         True,
         16,
@@ -87,7 +87,7 @@ PROFILES: dict[str, Profile] = {
         "Ingenuity CT",
         (1.0, 2.0, 3.0, 5.0),
         (("B", 0.35), ("YA", 0.8)),
-        (12.0, 40.0),
+        (9.0, 24.0),
         -1024,
         False,
         12,
@@ -160,7 +160,7 @@ def sample_settings(
         thickness = round(max(spacing, min(thickness, 5.0)), 2) if size == "full" else round(spacing, 2)
     fov = float(rng.uniform(*prof.fov_mm))
     kernel, sharp = prof.kernels[int(rng.integers(len(prof.kernels)))]
-    noise = float(rng.uniform(*prof.noise_hu)) * (1.0 + 0.6 * sharp)
+    noise = float(rng.uniform(*prof.noise_hu)) * (1.0 + 0.5 * sharp)
     return ScannerSettings(
         site=prof.name,
         manufacturer=prof.manufacturer,
