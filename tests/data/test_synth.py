@@ -146,12 +146,46 @@ def test_bad_arguments(tmp_path: Path) -> None:
 
 def test_ingestion_reads_what_we_write(cohort: Path) -> None:
     io = pytest.importorskip("covidct.io")
-    r = next(r for r in csv.DictReader((cohort / "cohort.csv").open()) if r["class"] == "covid19")
-    vol = io.load_study(cohort / r["folder"])
-    p = generate_patient("covid19", seed=int(r["seed"]))
-    assert vol.hu.shape == p.hu.shape
-    inside = p.hu > -1500
-    np.testing.assert_array_equal(np.asarray(vol.hu)[inside], p.hu[inside])
+    for r in csv.DictReader((cohort / "cohort.csv").open()):
+        vol = io.load_study(cohort / r["folder"], workers=1)  # localizers in the folder must be skipped
+        p = generate_patient(r["class"], seed=int(r["seed"]))
+        assert vol.hu.shape == p.hu.shape
+        inside = p.hu > -1500  # outside the reconstruction circle some scanners store padding
+        np.testing.assert_array_equal(np.asarray(vol.hu)[inside], p.hu[inside])
+        assert vol.spacing == pytest.approx(p.spacing, abs=1e-3)
+
+
+def test_cli_writes_a_cohort(tmp_path: Path) -> None:
+    from covidct.cli.main import main
+
+    out = tmp_path / "cli"
+    rc = main(
+        [
+            "synth",
+            "-o",
+            str(out),
+            "--patients",
+            "2",
+            "--classes",
+            "normal",
+            "--size",
+            "small",
+            "--seed",
+            "1",
+            "--site",
+            "ge-lightspeed",
+            "--no-progress",
+        ]
+    )
+    assert rc == 0
+    rows = list(csv.DictReader((out / "cohort.csv").open()))
+    assert [r["class"] for r in rows] == ["normal", "normal"] and {r["site"] for r in rows} == {
+        "ge-lightspeed"
+    }
+    assert (out / "Index.csv").read_bytes() == b"Label Index,Diagnosis,Relative Path,Folder/ID"
+    assert np.load(out / "Slice-level-labels.npy").shape == (0, 200)
+    assert main(["synth", "-o", str(out), "--patients", "1"]) != 0  # not empty, no --overwrite
+    assert main(["synth", "-o", str(tmp_path / "y"), "--patients", "1", "--mix", "a,b"]) != 0
 
 
 def test_classical_segmentation_reaches_dice_095(cohort: Path) -> None:
