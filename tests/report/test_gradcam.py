@@ -18,6 +18,10 @@ def test_slice_maps_shape_range_and_determinism() -> None:
     assert maps.max() > 0.5  # normalised per map: something lights up
     again = explainer.slice_maps(volume, mask, [2, 4], class_idx=[2, 2])
     np.testing.assert_allclose(maps, again, atol=1e-6)
+    assert not maps[:, mask[2] == 0].any()  # lung only by default
+    everywhere = explainer.slice_maps(volume, mask, [2, 4], class_idx=[2, 2], lung_only=False)
+    assert everywhere[:, mask[2] == 0].any()
+    np.testing.assert_allclose(everywhere[:, mask[2] > 0], maps[:, mask[2] > 0], atol=1e-6)
 
 
 def test_maps_depend_on_class_and_leave_the_network_untouched() -> None:

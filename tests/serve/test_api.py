@@ -50,6 +50,8 @@ def test_nifti_upload_result_images_and_report(make_app: Callable[..., Any], nif
         report = client.get(f"/v1/studies/{job}/report.html")
         assert report.status_code == 200 and "not a medical device" in report.text
         assert "Doe_Jane" not in report.text
+        pdf = client.get(f"/v1/studies/{job}/report.pdf")
+        assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF-")
         seg = client.get(f"/v1/studies/{job}/seg.dcm")
         assert seg.status_code == 409 and "NIfTI mask instead" in seg.json()["detail"]
         health = client.get("/healthz").json()

@@ -99,8 +99,13 @@ class SliceExplainer:
         indices: Sequence[int],
         *,
         class_idx: Sequence[int] | None = None,
+        lung_only: bool = True,
     ) -> np.ndarray:
-        """Grad-CAM of slices ``indices`` of ``volume``: float32 ``(len(indices), y, x)`` in [0, 1]."""
+        """Grad-CAM of slices ``indices`` of ``volume``: float32 ``(len(indices), y, x)`` in [0, 1].
+
+        With ``lung_only`` (default) the map is zeroed outside the lung mask: the classifier sees only lung
+        pixels (the rest of its input is 0), so heat elsewhere is receptive-field spill, not evidence.
+        """
         import torch
         import torch.nn.functional as F
 
@@ -114,4 +119,7 @@ class SliceExplainer:
         maps = self.maps_for_inputs(inputs, class_idx=class_idx)
         t = torch.from_numpy(maps[:, None])
         up = F.interpolate(t, size=(volume.shape[1], volume.shape[2]), mode="bilinear", align_corners=False)
-        return np.clip(up[:, 0].numpy(), 0.0, 1.0).astype(np.float32)
+        out = np.clip(up[:, 0].numpy(), 0.0, 1.0).astype(np.float32)
+        if lung_only:
+            out *= np.asarray(mask)[idx] > 0
+        return out

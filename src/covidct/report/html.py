@@ -92,7 +92,7 @@ def probability_plot_png(result: StudyResult) -> bytes:
     return buf.getvalue()
 
 
-def _strip_png(result: StudyResult, *, show_phi: bool) -> tuple[bytes, str]:
+def strip_png(result: StudyResult, *, show_phi: bool) -> tuple[bytes, str]:
     """The slice strip from ``covidct.report.strip`` if it exists, else our probability plot.
 
     Without ``show_phi`` the strip gets a copy of the result whose input path is blanked (paths often hold
@@ -109,8 +109,10 @@ def _strip_png(result: StudyResult, *, show_phi: bool) -> tuple[bytes, str]:
         return path.read_bytes(), "Slice strip: thumbnails along z and per-slice probabilities"
 
 
-def _mosaic(result: StudyResult, explainer: SliceExplainer | None, n: int) -> list[tuple[str, str]]:
-    """(data URI, caption) per driving slice; with Grad-CAM of the decided class when ``explainer``."""
+def mosaic_images(
+    result: StudyResult, explainer: SliceExplainer | None, n: int
+) -> list[tuple[int, np.ndarray, str]]:
+    """(slice index, RGB uint8 tile, caption) per driving slice; Grad-CAM of the decided class if ``explainer``."""
     picks = driving_slices(result, n=n)
     cls = CLASS_NAMES.index(result.decision.diagnosis)
     cams = None
@@ -122,11 +124,62 @@ def _mosaic(result: StudyResult, explainer: SliceExplainer | None, n: int) -> li
         overlays = [mask_rgba(result.mask[i]) // np.array([1, 1, 1, 3], dtype=np.uint8)]
         if cams is not None:
             overlays.append(heat_rgba(cams[k]))
-        rgb = composite(grey, *overlays)
         p = float(result.probabilities[i, cls])
-        caption = f"slice {i}: P({DISPLAY_NAMES[cls]}) = {p:.2f}"
-        tiles.append((data_uri(png_bytes(rgb)), caption))
+        tiles.append((i, composite(grey, *overlays), f"slice {i}: P({DISPLAY_NAMES[cls]}) = {p:.2f}"))
     return tiles
+
+
+def heat_note(explainer: SliceExplainer | None) -> str:
+    if explainer is not None:
+        return (
+            "Grad-CAM heat maps of the decided class (ResNet layer4), inside the lung mask, over the lung "
+            "window; lung mask tinted."
+        )
+    return "Heat maps unavailable (no model was given to the report writer); lung mask tinted."
+
+
+def class_facts(result: StudyResult) -> list[tuple[str, str]]:
+    """Per class: mean slice probability over the kept slices, slice count and fraction of the kept range."""
+    d = result.decision
+    means = mean_probabilities(result)
+    return [
+        (
+            DISPLAY_NAMES[i],
+            f"mean slice probability {means[name]:.3f}; slices {d.counts.get(name, 0)}"
+            f" ({100 * d.fractions.get(name, 0.0):.1f} % of kept)",
+        )
+        for i, name in enumerate(CLASS_NAMES)
+    ]
+
+
+def study_facts(result: StudyResult, *, show_phi: bool) -> list[tuple[str, Any]]:
+    """Lung volumes and study facts; the input path and PHI (patient name/ID...) only with ``show_phi``."""
+    from covidct.diagnose import lung_volumes_ml
+
+    vol = result.volume
+    lv = lung_volumes_ml(np.asarray(result.mask), vol)
+    rows: list[tuple[str, Any]] = [
+        ("right lung volume", f"{lv['right']:.1f} ml"),
+        ("left lung volume", f"{lv['left']:.1f} ml"),
+        ("slices", vol.n_slices),
+        ("matrix (y, x)", f"{vol.shape[1]} x {vol.shape[2]}"),
+        ("spacing (z, y, x)", " x ".join(f"{s:.3g}" for s in vol.spacing) + " mm"),
+        ("input format", vol.meta.input_format),
+    ]
+    if vol.meta.manufacturer:
+        rows.append(("manufacturer", vol.meta.manufacturer))
+    if show_phi:
+        rows.append(("input", result.input))
+        rows.extend(sorted(vol.meta.phi.items()))
+    return rows
+
+
+def model_facts(result: StudyResult) -> list[tuple[str, Any]]:
+    """Model identity, software versions and stage timings."""
+    rows: list[tuple[str, Any]] = [(f"model {k}", v) for k, v in sorted(result.model.items())]
+    rows += [(k, v) for k, v in sorted(result.software.items())]
+    rows += [(f"time {k}", f"{v:.2f} s") for k, v in sorted(result.timing_s.items())]
+    return rows
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
@@ -142,12 +195,8 @@ def render_report(
     mosaic_slices: int = 6,
 ) -> str:
     """The report as an HTML string (see :func:`write_report`)."""
-    from covidct.diagnose import lung_volumes_ml
-
     d = result.decision
     cls = CLASS_NAMES.index(d.diagnosis)
-    means = mean_probabilities(result)
-    vol = result.volume
     parts: list[str] = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
@@ -157,61 +206,36 @@ def render_report(
         "<h2>Diagnosis</h2>",
         f"<p class='dx' id='diagnosis'>{html.escape(DISPLAY_NAMES[cls])}</p>",
     ]
-    prob_rows = [
-        (
-            f"{DISPLAY_NAMES[i]}",
-            f"mean slice probability {means[name]:.3f}; slices {d.counts.get(name, 0)}"
-            f" ({100 * d.fractions.get(name, 0.0):.1f} % of kept)",
-        )
-        for i, name in enumerate(CLASS_NAMES)
-    ]
-    parts.append(_table(prob_rows))
+    parts.append(_table(class_facts(result)))
     parts.append("<h2>How the rule decided</h2>")
     parts.append(f"<pre id='trace'>{html.escape(d.explain())}</pre>")
 
-    strip_png, strip_caption = _strip_png(result, show_phi=show_phi)
+    strip_bytes, strip_caption = strip_png(result, show_phi=show_phi)
     parts.append("<h2>Slices along z</h2>")
     parts.append(
-        f"<figure><img class='strip' alt='slice strip' src='{data_uri(strip_png)}'>"
+        f"<figure><img class='strip' alt='slice strip' src='{data_uri(strip_bytes)}'>"
         f"<figcaption>{html.escape(strip_caption)}</figcaption></figure>"
     )
 
-    tiles = _mosaic(result, explainer, mosaic_slices)
-    heat_note = (
-        "Grad-CAM heat maps of the decided class (ResNet layer4) over the lung window; lung mask tinted."
-        if explainer is not None
-        else "Heat maps unavailable (no model was given to the report writer); lung mask tinted."
-    )
+    tiles = [
+        (data_uri(png_bytes(rgb)), caption)
+        for _, rgb, caption in mosaic_images(result, explainer, mosaic_slices)
+    ]
     parts.append("<h2>Slices that drove the decision</h2>")
-    parts.append(f"<p>{html.escape(heat_note)}</p><div class='mosaic' id='mosaic'>")
+    parts.append(f"<p>{html.escape(heat_note(explainer))}</p><div class='mosaic' id='mosaic'>")
     for uri, caption in tiles:
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='{uri}'>")
         parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</div>")
 
-    lv = lung_volumes_ml(np.asarray(result.mask), vol)
     parts.append("<h2>Lungs and study</h2>")
-    study_rows: list[tuple[str, Any]] = [
-        ("right lung volume", f"{lv['right']:.1f} ml"),
-        ("left lung volume", f"{lv['left']:.1f} ml"),
-        ("slices", vol.n_slices),
-        ("matrix (y, x)", f"{vol.shape[1]} x {vol.shape[2]}"),
-        ("spacing (z, y, x)", " x ".join(f"{s:.3g}" for s in vol.spacing) + " mm"),
-        ("input format", vol.meta.input_format),
-    ]
-    if vol.meta.manufacturer:
-        study_rows.append(("manufacturer", vol.meta.manufacturer))
-    if show_phi:
-        study_rows.append(("input", result.input))
-        study_rows.extend(sorted(vol.meta.phi.items()))
+    study_rows = study_facts(result, show_phi=show_phi)
     parts.append(_table(study_rows))
     if not show_phi:
         parts.append("<p><em>Patient name, ID and input path are hidden (show them with show_phi).</em></p>")
 
     parts.append("<h2>Model and software</h2>")
-    model_rows = [(f"model {k}", v) for k, v in sorted(result.model.items())]
-    model_rows += [(k, v) for k, v in sorted(result.software.items())]
-    model_rows += [(f"time {k}", f"{v:.2f} s") for k, v in sorted(result.timing_s.items())]
+    model_rows = model_facts(result)
     parts.append(_table(model_rows))
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     parts.append(f"<p><small>Written {stamp}. {html.escape(DISCLAIMER)}</small></p></body></html>")

@@ -6,7 +6,7 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <token>`` when a token
 - ``GET /v1/studies/{id}`` status; when done the ``StudyResult`` JSON under ``"result"``; a study the input
   made impossible answers 422 with the reason
 - ``GET /v1/studies/{id}/slices/{i}.png`` lung-window slice, ``.../mask/{i}.png`` and ``.../heatmap/{i}.png``
-  transparent overlays of the same size, ``.../report.html``, ``.../seg.dcm``; ``DELETE /v1/studies/{id}``
+  transparent overlays of the same size, ``.../report.html``, ``.../report.pdf``, ``.../seg.dcm``; ``DELETE /v1/studies/{id}``
 - ``GET /healthz``; the viewer at ``/``; OpenAPI docs at ``/docs``.
 
 Upload size is limited (413), zips are extracted with traversal and bomb checks, jobs run in a bounded
@@ -375,6 +375,22 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
                 ex = None
             write_report(result, path, explainer=ex, show_phi=False)
         return FileResponse(path, media_type="text/html; charset=utf-8")
+
+    @app.get("/v1/studies/{job_id}/report.pdf", dependencies=auth, tags=["documents"])
+    def report_pdf(job_id: str) -> Response:
+        """The PDF report (same content as the HTML report; no patient name or ID)."""
+        from covidct.report.pdf import write_pdf
+
+        job, result = finished_job(job_id)
+        path = job.dir / "cache" / "report.pdf"
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, exist_ok=True)
+            try:
+                ex = explainer()
+            except HTTPException:
+                ex = None
+            write_pdf(result, path, explainer=ex, show_phi=False)
+        return FileResponse(path, media_type="application/pdf")
 
     @app.get("/v1/studies/{job_id}/seg.dcm", dependencies=auth, tags=["documents"])
     def seg_dcm(job_id: str) -> Response:

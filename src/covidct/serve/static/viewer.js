@@ -180,6 +180,7 @@
     goTo(Math.round(((px - pad) / (cv.width - 2 * pad)) * Math.max(1, state.n - 1)));
   });
   $("report-link").addEventListener("click", (e) => { e.preventDefault(); download("/report.html", "covidct-report.html"); });
+  $("pdf-link").addEventListener("click", (e) => { e.preventDefault(); download("/report.pdf", "covidct-report.pdf"); });
   $("seg-link").addEventListener("click", (e) => { e.preventDefault(); download("/seg.dcm", "covidct-seg.dcm"); });
   const saved = sessionStorage.getItem("covidct-token"); if (saved) $("token").value = saved;
 })();
