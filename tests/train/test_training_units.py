@@ -1,0 +1,129 @@
+"""Fast unit tests of the training helpers: splits, cache keys, sampling, augmentation, configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from covidct.data.records import StudyRecord
+from covidct.errors import ConfigError
+from covidct.registry import LUNG_WINDOW
+from covidct.train.augment import augment_batch
+from covidct.train.classifier import balanced_weights
+from covidct.train.config import ClassifierConfig, SegmenterConfig
+from covidct.train.data import cache_key, pick_slices
+from covidct.train.distributed import DistInfo
+from covidct.train.engine import epoch_indices
+from covidct.train.splits import make_splits, read_splits, study_key, write_splits
+
+
+def _records(tmp_path: Path, n: dict[str, int]) -> list[StudyRecord]:
+    out = []
+    for cls, k in n.items():
+        for i in range(k):
+            p = tmp_path / f"{cls}{i}"
+            p.mkdir()
+            out.append(StudyRecord(case=f"{cls}{i}", path=p, diagnosis=cls))
+    return out
+
+
+def test_splits_are_by_patient_stratified_and_seeded(tmp_path: Path) -> None:
+    recs = _records(tmp_path, {"normal": 10, "cap": 5, "covid19": 10})
+    a = make_splits(recs, seed=3, val_fraction=0.2, test_fraction=0.2)
+    b = make_splits(recs, seed=3, val_fraction=0.2, test_fraction=0.2)
+    c = make_splits(recs, seed=4, val_fraction=0.2, test_fraction=0.2)
+    assert a == b and a != c
+    assert set(a) == {study_key(r) for r in recs}  # one split per study (patient)
+    for cls, n in (("normal", 10), ("cap", 5), ("covid19", 10)):
+        got = [a[study_key(r)] for r in recs if r.diagnosis == cls]
+        assert got.count("val") == round(n * 0.2) and got.count("test") == round(n * 0.2)
+        assert got.count("train") >= 1
+    path = write_splits(tmp_path / "s" / "splits.csv", recs, a)
+    assert read_splits(path) == a
+
+
+def test_splits_keep_one_training_study_of_a_tiny_class(tmp_path: Path) -> None:
+    recs = _records(tmp_path, {"normal": 3, "cap": 1, "covid19": 2})
+    s = make_splits(recs, seed=0, val_fraction=0.5)
+    cap = [s[study_key(r)] for r in recs if r.diagnosis == "cap"]
+    assert cap == ["train"]
+    covid = sorted(s[study_key(r)] for r in recs if r.diagnosis == "covid19")
+    assert covid == ["train", "val"]
+
+
+def test_prescribed_split_is_kept(tmp_path: Path) -> None:
+    recs = _records(tmp_path, {"normal": 4})
+    recs[0].split = "test"
+    s = make_splits(recs, seed=0)
+    assert s[study_key(recs[0])] == "test"
+
+
+def test_cache_key_depends_on_settings_and_data(tmp_path: Path) -> None:
+    (rec,) = _records(tmp_path, {"normal": 1})
+    base = {"task": "classifier", "size": 64, "window": [LUNG_WINDOW.level, LUNG_WINDOW.width], "mask": "gt"}
+    k1 = cache_key(rec, base)
+    assert k1 == cache_key(rec, dict(base))
+    assert k1 != cache_key(rec, base | {"size": 128})
+    assert k1 != cache_key(rec, base | {"max_slices": 8})
+    (rec.path / "new.dcm").write_bytes(b"x")  # the study changed
+    assert k1 != cache_key(rec, base)
+
+
+def test_pick_slices_evenly() -> None:
+    assert pick_slices(5, None).tolist() == [0, 1, 2, 3, 4]
+    got = pick_slices(100, 5)
+    assert got.tolist() == [0, 25, 50, 74, 99]
+
+
+def test_balanced_weights_draw_classes_equally() -> None:
+    y = np.array([0] * 90 + [1] * 2 + [2] * 8)
+    w = balanced_weights(y)
+    per_class = [w[y == c].sum() for c in range(3)]
+    assert np.allclose(per_class, per_class[0])
+    idx = epoch_indices(len(y), weights=w, seed=0, epoch=0, dist=DistInfo(), cap=None)
+    counts = np.bincount(y[idx], minlength=3)
+    assert counts.min() > 15  # ~33 each instead of 90/2/8
+
+
+def test_epoch_indices_split_across_ranks_and_change_per_epoch() -> None:
+    r0 = epoch_indices(20, weights=None, seed=1, epoch=0, dist=DistInfo(0, 2), cap=None)
+    r1 = epoch_indices(20, weights=None, seed=1, epoch=0, dist=DistInfo(1, 2), cap=None)
+    assert sorted(np.concatenate([r0, r1]).tolist()) == list(range(20))
+    e1 = epoch_indices(20, weights=None, seed=1, epoch=1, dist=DistInfo(0, 2), cap=None)
+    assert r0.tolist() != e1.tolist()
+
+
+def test_augmentation_keeps_background_labels_and_no_flip() -> None:
+    x = torch.zeros(4, 1, 32, 32)
+    x[:, :, 8:24, 4:12] = 0.5  # a "lung" on the image's left only
+    labels = (x[:, 0] > 0).long()
+    g = torch.Generator().manual_seed(0)
+    xa, la = augment_batch(x, g, labels)
+    assert la is not None and xa.shape == x.shape and la.shape == labels.shape
+    assert set(torch.unique(la).tolist()) <= {0, 1}
+    assert float(xa[:, :, :, 20:].abs().max()) == 0.0  # nothing moved to the other side: no flip
+    assert float(xa.min()) >= 0.0 and float(xa.max()) <= 1.0
+    g2 = torch.Generator().manual_seed(0)
+    xb, _ = augment_batch(x, g2, labels)
+    assert torch.equal(xa, xb)  # reproducible from the generator
+
+
+def test_config_validation(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="optimizer"):
+        ClassifierConfig(data=[tmp_path], out_dir=tmp_path / "o", optimizer="lbfgs")
+    with pytest.raises(ConfigError, match="divisible by 16"):
+        SegmenterConfig(data=[tmp_path], out_dir=tmp_path / "o", image_size=100)
+    with pytest.raises(ConfigError, match="no training data"):
+        ClassifierConfig(data=[], out_dir=tmp_path / "o")
+    cfg = ClassifierConfig(data=[tmp_path], out_dir=tmp_path / "o", seed=5)
+    assert cfg.effective_split_seed == 5 and cfg.to_json()["data"] == [str(tmp_path)]
+
+
+def test_cli_needs_an_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from covidct.cli.main import main
+
+    assert main(["train", "classifier", "--data", str(tmp_path)]) == 2
+    assert "-o MODEL_DIR" in capsys.readouterr().err
