@@ -1,0 +1,163 @@
+"""Model bundles: round trip, tampering, incompatibility, pipelines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from covidct.bundle import (
+    card_hash,
+    load_component,
+    load_pipeline,
+    read_card,
+    save_component,
+    write_card,
+    write_pipeline,
+)
+from covidct.classify import SliceClassifier
+from covidct.classify.networks import build_classifier
+from covidct.errors import ModelError
+from covidct.io.volume import CTVolume
+from covidct.segment.unet import UNetSegmenter, build_segmenter
+
+SIZE = 32
+
+
+def _classifier_card(arch: str = "resnet18") -> dict[str, Any]:
+    return {
+        "kind": "classifier",
+        "classes": ["normal", "cap", "covid19"],
+        "architecture": {
+            "name": arch,
+            "conv1_t_size": 7,
+            "conv1_t_stride": 2,
+            "in_channels": 1,
+            "num_classes": 3,
+        },
+        "preprocessing": {"window": {"level": -600.0, "width": 1200.0}, "image_size": SIZE},
+        "validation": {"val_auc_cap": float("nan"), "val_accuracy": 0.5},
+    }
+
+
+@pytest.fixture()
+def clf_dir(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    net = build_classifier("resnet18")
+    save_component(tmp_path / "model" / "classifier", net.state_dict(), _classifier_card())
+    return tmp_path / "model" / "classifier"
+
+
+def _seg_card() -> dict[str, Any]:
+    return {
+        "kind": "segmenter",
+        "labels": {"0": "background", "1": "right_lung", "2": "left_lung"},
+        "architecture": {"name": "basic_unet", "features": [4, 4, 8, 8, 16, 4]},
+        "preprocessing": {"window": {"level": -200.0, "width": 1600.0}, "image_size": SIZE},
+    }
+
+
+def test_classifier_round_trip_gives_identical_outputs(clf_dir: Path) -> None:
+    torch.manual_seed(0)
+    ref = build_classifier("resnet18").eval()
+    clf = SliceClassifier.from_bundle(clf_dir)
+    x = np.random.default_rng(0).random((3, 1, SIZE, SIZE), dtype=np.float32)
+    with torch.no_grad():
+        want = torch.softmax(ref(torch.from_numpy(x)), 1).numpy()
+    np.testing.assert_allclose(clf.predict_inputs(x), want, rtol=1e-5, atol=1e-6)
+    card = json.loads((clf_dir / "model.json").read_text())
+    assert card["format"] == "covidct-model" and card["hash"] == card_hash(card)
+    assert card["validation"]["val_auc_cap"] is None  # NaN written as null: plain JSON
+    assert {"covidct", "torch", "monai", "python"} <= set(card["software"])
+    assert len(card["weights"]["sha256"]) == 64
+
+
+def test_predict_volume_nan_rows_and_replaceable_runner(clf_dir: Path) -> None:
+    clf = SliceClassifier.from_bundle(clf_dir)
+    vol = CTVolume(np.full((4, 40, 40), -800, np.int16), (2.0, 1.0, 1.0))
+    mask = np.ones((4, 40, 40), np.uint8)
+    probs = clf.predict_volume(vol, mask, indices=[1, 2])
+    assert probs.shape == (4, 3) and np.isnan(probs[[0, 3]]).all()
+    np.testing.assert_allclose(probs[[1, 2]].sum(1), 1.0, rtol=1e-5)
+    calls: list[tuple[int, ...]] = []
+
+    def runner(x: np.ndarray) -> np.ndarray:
+        calls.append(x.shape)
+        return np.tile(np.array([[0.0, 0.0, 5.0]], np.float32), (x.shape[0], 1))
+
+    clf.runner = runner
+    p2 = clf.predict_volume(vol, mask, batch_size=3)
+    assert calls == [(3, 1, SIZE, SIZE), (1, 1, SIZE, SIZE)] and (p2.argmax(1) == 2).all()
+
+
+def test_edited_card_is_rejected_with_the_file_named(clf_dir: Path) -> None:
+    path = clf_dir / "model.json"
+    card = json.loads(path.read_text())
+    card["preprocessing"]["image_size"] = 64
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match=r"model\.json: content hash mismatch"):
+        SliceClassifier.from_bundle(clf_dir)
+
+
+def test_replaced_weights_are_rejected(clf_dir: Path) -> None:
+    torch.manual_seed(1)
+    from safetensors.torch import save_file
+
+    other = {k: v.contiguous() for k, v in build_classifier("resnet18").state_dict().items()}
+    save_file(other, str(clf_dir / "weights.safetensors"))
+    with pytest.raises(ModelError, match="weights do not match the card"):
+        load_component(clf_dir, kind="classifier")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"classes": ["normal", "covid19", "cap"]}, "order matters"),
+        ({"format_version": "2.0"}, "bundle format 2.0"),
+        ({"kind": "segmenter"}, "expected 'classifier'"),
+        ({"architecture": {"name": "vit", "num_classes": 3}}, "architecture 'vit'"),
+        ({"architecture": {"name": "resnet34", "num_classes": 3}}, "do not fit the architecture"),
+    ],
+)
+def test_incompatible_cards_raise_model_error(clf_dir: Path, edit: dict[str, Any], message: str) -> None:
+    card = read_card(clf_dir)
+    card.update(edit)
+    write_card(clf_dir, card)  # re-hashed: a consistent but incompatible card
+    with pytest.raises(ModelError, match=message):
+        SliceClassifier.from_bundle(clf_dir)
+
+
+def test_missing_and_corrupt_bundles(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="does not exist"):
+        read_card(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match=r"model\.json is missing"):
+        read_card(tmp_path / "empty")
+    (tmp_path / "empty" / "model.json").write_text("{not json")
+    with pytest.raises(ModelError, match="not valid JSON"):
+        read_card(tmp_path / "empty")
+
+
+def test_pipeline_with_unet_round_trip_and_stale_component(clf_dir: Path) -> None:
+    model = clf_dir.parent
+    torch.manual_seed(0)
+    seg_net = build_segmenter(features=(4, 4, 8, 8, 16, 4))
+    save_component(model / "segmenter", seg_net.state_dict(), _seg_card())
+    top = write_pipeline(model, segmenter="segmenter", name="demo")
+    assert top["kind"] == "pipeline" and top["rule"] == {"head": 0.1, "tail": 0.14, "threshold": 0.2}
+    pipe = load_pipeline(model)
+    assert isinstance(pipe.segmenter, UNetSegmenter) and pipe.classifier.image_size == SIZE
+    assert pipe.identity.name == "demo" and pipe.identity.hash == top["hash"]
+    vol = CTVolume(np.full((3, 50, 40), -800, np.int16), (2.0, 1.0, 1.0))
+    mask = pipe.segmenter.apply(vol)
+    assert mask.shape == (3, 50, 40) and mask.dtype == np.uint8 and mask.max() <= 2
+    with pytest.raises(ModelError, match=r"expected .pipeline.*pipeline folder above it"):
+        load_pipeline(clf_dir)
+    # the classifier is retrained without refreshing the pipeline card
+    save_component(clf_dir, build_classifier("resnet18").state_dict(), _classifier_card())
+    with pytest.raises(ModelError, match="does not match the pipeline card"):
+        load_pipeline(model)
