@@ -76,6 +76,17 @@ def test_refusals_are_4xx_with_reasons(make_app: Callable[..., Any], tmp_path: P
     with TestClient(make_app(max_upload_mb=0.05, max_unzipped_mb=1)) as client:
         big = _post(client, b"\0" * 200_000)
         assert big.status_code == 413 and "limit of 0.05 MiB" in big.json()["detail"]
+
+        def chunked() -> Any:  # no Content-Length: the limit is enforced while the body streams in
+            yield b'--xyz\r\nContent-Disposition: form-data; name="file"; filename="a"\r\n\r\n'
+            for _ in range(40):
+                yield b"\0" * 10_000
+            yield b"\r\n--xyz--\r\n"
+
+        streamed = client.post(
+            "/v1/studies", content=chunked(), headers={"content-type": "multipart/form-data; boundary=xyz"}
+        )
+        assert streamed.status_code == 413 and "limit" in streamed.json()["detail"]
         text = _post(client, b"hello, this is not a CT study\n" * 20)
         assert text.status_code == 415 and "DICOM" in text.json()["detail"]
         buf = io.BytesIO()
