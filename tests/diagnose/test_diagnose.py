@@ -99,3 +99,32 @@ def test_cli_diagnose_missing_model_is_one_clear_line(
     code = main(["diagnose", str(_study_dirs(small_cohort)[0]), "--model", str(tmp_path / "nope")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1 and "nope" in err[0]
+
+
+@pytest.mark.slow
+def test_cli_diagnose_reports_seg_and_mask(tiny_model_dir: Path, small_cohort: Path, tmp_path: Path) -> None:
+    import nibabel as nib
+    import pydicom
+
+    study = _study_dirs(small_cohort)[0]
+    out = tmp_path / "out"
+    args = ["diagnose", str(study), "--model", str(tiny_model_dir), "-o", str(out), "--backend", "torch"]
+    assert (
+        main([*args, "--report", "html", "--report", "pdf", "--dicom-seg", "--save-mask", "--no-strip"]) == 0
+    )
+    html = (out / f"{study.name}_report.html").read_text()
+    assert "not a medical device" in html and str(study) not in html  # no input path without --show-phi
+    assert (out / f"{study.name}_report.pdf").read_bytes()[:5] == b"%PDF-"
+    seg = pydicom.dcmread(out / f"{study.name}_seg.dcm")
+    assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 2
+    mask = np.asarray(nib.load(out / f"{study.name}_lungmask.nii.gz").dataobj)
+    assert set(np.unique(mask)) == {0, 1, 2}
+    assert not (out / f"{study.name}_strip.png").exists()
+
+
+def test_cli_diagnose_files_need_an_output_folder(
+    tiny_model_dir: Path, small_cohort: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = _study_dirs(small_cohort)[0]
+    assert main(["diagnose", str(study), "--model", str(tiny_model_dir), "--report", "html"]) == 2
+    assert "-o" in capsys.readouterr().err

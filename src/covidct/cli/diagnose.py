@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from covidct.errors import CovidCTError
+from covidct.errors import ConfigError, CovidCTError
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,13 @@ def register(sub: Any) -> None:
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: cores)")
     p.add_argument("--classify-all", action="store_true", help="also classify the slices the rule drops")
     p.add_argument("--no-strip", action="store_true", help="do not draw the slice-strip figure")
-    p.add_argument("--report", choices=["html"], help="also write a self-contained report per study")
+    p.add_argument(
+        "--report",
+        choices=["html", "pdf"],
+        action="append",
+        default=[],
+        help="also write a report per study (self-contained HTML, or PDF); may be repeated",
+    )
     p.add_argument("--dicom-seg", action="store_true", help="also write the lung mask as DICOM SEG")
     p.add_argument("--save-mask", action="store_true", help="also write the lung mask as NIfTI")
     p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
@@ -61,10 +67,12 @@ def run(args: argparse.Namespace) -> int:
     from covidct.diagnose import Diagnoser
 
     if args.batch_size < 1:
-        raise CovidCTError(f"--batch-size must be >= 1, got {args.batch_size}")
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out_dir = Path(args.output) if args.output else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    elif args.report or args.dicom_seg or args.save_mask:
+        raise ConfigError("--report, --dicom-seg and --save-mask write files: give an output folder with -o")
     diagnoser = Diagnoser(
         args.model,
         device=args.device,
@@ -112,10 +120,14 @@ def _write_extras(result: Any, out_dir: Path, stem: str, args: argparse.Namespac
         slice_strip(result, out_dir / f"{stem}_strip.png")
     if args.save_mask:
         result.volume.save(out_dir / f"{stem}_lungmask.nii.gz", array=result.mask)
-    if args.report == "html":
+    if "html" in args.report:
         from covidct.report.html import write_report
 
         write_report(result, out_dir / f"{stem}_report.html", diagnoser=diagnoser, show_phi=args.show_phi)
+    if "pdf" in args.report:
+        from covidct.report.pdf import write_pdf
+
+        write_pdf(result, out_dir / f"{stem}_report.pdf", diagnoser=diagnoser, show_phi=args.show_phi)
     if args.dicom_seg:
         from covidct.report.dicom_seg import write_dicom_seg
 
