@@ -213,9 +213,9 @@ def vessel_tree(b: Body, rng: np.random.Generator) -> np.ndarray:
             rnd = rng.normal(size=(k, 3))
             perp = rnd - (rnd * d).sum(1, keepdims=True) * d
             perp /= np.maximum(np.linalg.norm(perp, axis=1, keepdims=True), 1e-6)
-            ang = rng.uniform(0.3, 0.6, size=(k, 1))
-            c1 = np.cos(ang) * d + np.sin(ang) * perp + 0.25 * out
-            c2 = np.cos(ang) * d - np.sin(ang) * perp + 0.25 * out
+            ang = rng.uniform(0.45, 0.8, size=(k, 1))
+            c1 = np.cos(ang) * d + np.sin(ang) * perp + 0.5 * out
+            c2 = np.cos(ang) * d - np.sin(ang) * perp + 0.5 * out
             nd = np.concatenate([c1, c2])
             nd /= np.linalg.norm(nd, axis=1, keepdims=True)
             p = np.concatenate([end, end])
@@ -236,7 +236,7 @@ def _tube_field(
     pts, vol = cylinder_points(seg[:, :3], seg[:, 3:6], radius, rng, point_volume=max(px, 0.8) ** 3 * 0.5)
     idx = grid.to_index(pts[:, 0], pts[:, 1], pts[:, 2])
     field = splat(grid.work_shape, idx, vol / vox, sigma_px=0.55)
-    field *= 1.4  # thin vessels still show (partial volume at the work resolution)
+    field *= 1.2  # thin vessels still show (partial volume at the work resolution)
     return np.clip(field, 0.0, 1.0, out=field)
 
 
