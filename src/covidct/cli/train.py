@@ -113,6 +113,10 @@ def run(args: argparse.Namespace) -> int:
         if args.pipeline is None:
             raise ConfigError("give -o MODEL_DIR (or --pipeline DIR to write DIR/" + args.what + ")")
         out = str(Path(args.pipeline) / args.what)
+    elif args.pipeline is not None and Path(out).resolve() != (Path(args.pipeline) / args.what).resolve():
+        raise ConfigError(
+            f"with --pipeline {args.pipeline}, -o must be {Path(args.pipeline) / args.what} (or omitted)"
+        )
     common: dict[str, Any] = {
         "data": [Path(d) for d in args.data],
         "out_dir": Path(out),

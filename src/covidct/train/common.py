@@ -22,6 +22,7 @@ from covidct.train.data import (
     is_image_folder,
     prepare_study,
     read_sources,
+    resolve_mask_source,
 )
 from covidct.train.distributed import DistInfo, barrier
 from covidct.train.splits import SPLITS, assign, make_splits, read_splits, write_splits
@@ -91,6 +92,8 @@ def load_split_studies(
     segs = SegmenterSource()
     todo = [(split, r) for split in ("train", "val") for r in groups[split]]
 
+    mask_counts: dict[str, int] = {}
+
     def fill(show: bool) -> None:
         for split, rec in tqdm(todo, desc="preprocessing", disable=not show):
             cached = by_key.get(id(rec)) or prepare_study(
@@ -107,6 +110,9 @@ def load_split_studies(
                 left_out.append(rec.case)
             else:
                 out[split].append(cached)
+                if id(rec) not in by_key:
+                    src = resolve_mask_source(rec, cfg.mask_source)
+                    mask_counts[src] = mask_counts.get(src, 0) + 1
 
     # rank 0 fills the cache; the others wait and then read it
     if dist.is_main:
@@ -128,6 +134,7 @@ def load_split_studies(
         "left_out_rule": "abnormal studies without slice labels are left out of slice-level training",
         "max_slices_per_study": cfg.max_slices_per_study,
         "mask_source": cfg.mask_source,
+        "masks_used": mask_counts,
     }
     return out, summary
 

@@ -1,0 +1,47 @@
+"""End to end on a synthetic cohort (DICOM, COVID-CT-MD layout): both `covidct train` commands into one
+pipeline folder, which then loads with the trained U-Net."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from covidct.bundle import load_pipeline
+from covidct.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_both_into_a_pipeline_folder(tmp_path: Path) -> None:
+    synth = pytest.importorskip("covidct.data.synth.cohort")
+    cohort = synth.generate_cohort(tmp_path / "cohort", patients=3, seed=5)
+    model = tmp_path / "model"
+    common = [
+        "--data",
+        str(cohort),
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-slices",
+        "6",
+        "--image-size",
+        "32",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
+    assert main(["train", "segmenter", *common, "--pipeline", str(model)]) == 0
+    assert (model / "segmenter" / "model.json").is_file() and not (model / "model.json").exists()
+    assert main(["train", "classifier", *common, "--arch", "resnet18", "-o", str(model / "classifier")]) == 0
+    top = json.loads((model / "model.json").read_text())
+    assert top["kind"] == "pipeline" and top["segmenter"] == "segmenter"
+    seg_card = json.loads((model / "segmenter" / "model.json").read_text())
+    assert seg_card["training"]["masks_used"] == {"gt": 3}  # the cohort's ground-truth masks (all 3 in train)
+    assert seg_card["training"]["studies"]["train"] == {"normal": 1, "cap": 1, "covid19": 1}
+    pipe = load_pipeline(model)
+    assert pipe.segmenter.name == "unet" and pipe.classifier.image_size == 32
