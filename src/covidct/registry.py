@@ -91,3 +91,13 @@ DATASET_FOLDERS: Final[dict[str, tuple[str, ...]]] = {
 
 #: Bundle format version written to ``model.json``; loading refuses other major versions.
 BUNDLE_FORMAT_VERSION: Final[str] = "1.0"
+
+#: Scanner profiles of the synthetic cohorts ("default" mixes the others patient by patient);
+#: ``covidct.data.synth.scanner.PROFILES`` defines them, a test keeps the two in step.
+SYNTH_SITES: Final[tuple[str, ...]] = (
+    "default",
+    "siemens-scope",
+    "ge-lightspeed",
+    "toshiba-aquilion",
+    "philips-ingenuity",
+)

@@ -269,3 +269,10 @@ def test_classical_segmentation_dice_full_size() -> None:
         p = generate_patient(cls, seed=seed, size="full", n_slices=100)
         assert p.hu.shape == (100, 512, 512)
         assert dice(seg.apply(p.volume()) > 0, p.lung_mask > 0) >= 0.95
+
+
+def test_registry_lists_every_scanner_site() -> None:
+    from covidct.data.synth.scanner import SITES
+    from covidct.registry import SYNTH_SITES
+
+    assert tuple(SITES) == SYNTH_SITES

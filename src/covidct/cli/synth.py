@@ -12,7 +12,7 @@ log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
-    from covidct.data.synth.scanner import SITES
+    from covidct.registry import SYNTH_SITES as SITES
 
     p = subparsers.add_parser(
         "synth",
