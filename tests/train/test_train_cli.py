@@ -45,3 +45,44 @@ def test_train_both_into_a_pipeline_folder(tmp_path: Path) -> None:
     assert seg_card["training"]["studies"]["train"] == {"normal": 1, "cap": 1, "covid19": 1}
     pipe = load_pipeline(model)
     assert pipe.segmenter.name == "unet" and pipe.classifier.image_size == 32
+
+
+def test_classifier_trains_from_a_folder_of_slice_images(tmp_path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for cls in ("normal", "cap", "covid19"):
+        for patient in range(2):
+            for k in range(3):
+                p = tmp_path / "slices" / cls / f"{cls}{patient}_{k:03d}.png"
+                p.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (40, 40), dtype=np.uint8)).save(p)
+    out = tmp_path / "clf"
+    args = [
+        "train",
+        "classifier",
+        "--data",
+        str(tmp_path / "slices"),
+        "-o",
+        str(out),
+        "--arch",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--epochs",
+        "1",
+        "--steps-per-epoch",
+        "1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+        "--val-fraction",
+        "0.5",
+    ]
+    assert main(args) == 0
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["studies"]["train"] == {"normal": 1, "cap": 1, "covid19": 1}  # split by patient
+    assert card["training"]["train_slices"] == {"normal": 3, "cap": 3, "covid19": 3}
+    splits = (out / "training" / "splits.csv").read_text()
+    assert "normal/normal0" in splits and "normal/normal1" in splits
