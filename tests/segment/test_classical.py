@@ -8,6 +8,7 @@ import pytest
 from covidct.errors import NotChestCTError
 from covidct.io.volume import CTVolume
 from covidct.segment import ClassicalSegmenter, Segmenter, get_segmenter
+from covidct.segment.classical import auto_downsample
 from covidct.segment.quality import dice
 
 
@@ -95,14 +96,27 @@ def test_empty_air_volume_raises_not_chest_ct() -> None:
 def test_odd_sizes_and_no_downsampling_keep_the_shape(phantom) -> None:  # type: ignore[no-untyped-def]
     v = phantom.volume
     odd = CTVolume(v.hu[:, 1:, 3:].copy(), v.spacing)
-    out = ClassicalSegmenter().apply(odd)
+    out = ClassicalSegmenter(downsample=2).apply(odd)  # odd sizes are padded for the block mean
     assert out.shape == odd.shape
+    assert dice(out, phantom.truth[:, 1:, 3:], 1) >= 0.95
     full = ClassicalSegmenter(downsample=1).apply(v)
     assert dice(full, phantom.truth, 1) >= 0.95
 
 
 def test_deterministic(phantom, result) -> None:  # type: ignore[no-untyped-def]
     np.testing.assert_array_equal(ClassicalSegmenter().apply(phantom.volume), result)
+
+
+def test_downsampling_factor_follows_the_grid() -> None:
+    assert auto_downsample((100, 512, 512), (1.0, 0.7, 0.7)) == 2
+    assert auto_downsample((100, 512, 512), (1.0, 1.25, 1.25)) == 1  # coarse pixels: keep them
+    assert auto_downsample((40, 256, 256), (5.0, 0.9, 0.9)) == 1
+    assert auto_downsample((40, 128, 128), (5.0, 2.8, 2.8)) == 1
+
+
+def test_default_downsampling_is_chosen_per_volume(phantom) -> None:  # type: ignore[no-untyped-def]
+    v = phantom.volume  # 192 x 192: not downsampled by default
+    np.testing.assert_array_equal(ClassicalSegmenter().apply(v), ClassicalSegmenter(downsample=1).apply(v))
 
 
 def test_bad_downsample_is_refused() -> None:

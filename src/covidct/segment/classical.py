@@ -1,6 +1,7 @@
 """Classical lung segmentation (no weights): threshold, airway removal, components, right/left split, filling.
 
-The method, on a grid downsampled in-plane (``downsample``, default 2) for speed:
+The method, on a grid downsampled in-plane for speed (``downsample``; by default 2 for fine grids, 1 where a
+pixel is already coarse: see :func:`auto_downsample`):
 
 1. Air = HU below ``air_threshold`` (-320 HU). Air connected, within its axial slice, to the image border is
    outside the body; the rest is air inside the body (lungs, airways, bowel gas).
@@ -50,7 +51,7 @@ class ClassicalSegmenter:
 
     name: str = "classical"
     air_threshold: float = -320.0
-    downsample: int = 2
+    downsample: int | None = None
     airway_max_area_mm2: float = 600.0
     airway_midline_mm: float = 25.0
     min_component_fraction: float = 0.01
@@ -58,13 +59,15 @@ class ClassicalSegmenter:
     fill_concavities: bool = True
 
     def __post_init__(self) -> None:
-        if self.downsample < 1:
-            raise ValueError(f"downsample must be >= 1, got {self.downsample}")
+        if self.downsample is not None and self.downsample < 1:
+            raise ValueError(
+                f"downsample must be >= 1 (or None: chosen from the pixel spacing), got {self.downsample}"
+            )
 
     # ------------------------------------------------------------------ public
     def apply(self, volume: CTVolume) -> np.ndarray:
         """Lung mask of ``volume``: uint8 (z, y, x) like ``volume.hu``, 0 background / 1 right / 2 left."""
-        ds = self.downsample
+        ds = self.downsample if self.downsample is not None else auto_downsample(volume.shape, volume.spacing)
         low = _downsample(volume.hu, ds)
         sz, sy, sx = volume.spacing
         spacing = (float(sz), float(sy) * ds, float(sx) * ds)
@@ -141,6 +144,19 @@ class ClassicalSegmenter:
             big = sizes[label] >= self.min_component_fraction * sizes[largest]
             keep[label] = big and sl[0].start <= limit
         return keep[comps]
+
+
+def auto_downsample(shape: tuple[int, ...], spacing: tuple[float, ...]) -> int:
+    """In-plane downsampling factor for a volume of ``shape`` (z, y, x) and ``spacing`` (z, y, x) mm.
+
+    2 for the usual fine grids (512 x 512 at 0.6-0.9 mm: the lungs are resolved at half resolution and the
+    segmentation is 3-4x faster); 1 when a slice is small (<= 256 pixels a side) or its pixels are already
+    coarse (>= 1.2 mm): halving those leaves 2.5-6 mm pixels, whose staircase border costs several Dice points
+    (a one-pixel ring of false positives around each lung, measured on 128 x 128 synthetic cohorts).
+    """
+    if max(shape[1], shape[2]) <= 256 or min(float(spacing[1]), float(spacing[2])) >= 1.2:
+        return 1
+    return 2
 
 
 def _downsample(hu: np.ndarray, factor: int) -> np.ndarray:
