@@ -60,10 +60,14 @@ BACKENDS: tuple[str, ...] = (
 FP32_BACKENDS: tuple[str, ...] = ("torch", "channels_last", "compile", "onnx", "openvino")
 #: Reduced-precision backends (answers agree by argmax, not allclose).
 REDUCED_BACKENDS: tuple[str, ...] = ("onnx-int8", "openvino-int8", "bf16")
-#: "auto" on CPU: fastest first, as measured by benchmarks/run.py on the 2-core AMD EPYC (AVX2) dev machine.
+#: "auto" on CPU: fastest first, as measured by benchmarks/run.py on the 2-core AMD EPYC (AVX2) dev machine:
+#: ONNX Runtime and OpenVINO tie within noise (2.5x torch eager); ONNX Runtime comes first because it is the
+#: project's declared optional dependency (``covidct[onnx]``); torch.compile reached only 1.5x and compiles
+#: for over a minute per process.
 AUTO_CPU_ORDER: tuple[str, ...] = ("onnx", "openvino", "compile", "channels_last", "torch")
-#: "auto-reduced" on CPU: fastest first (int8; this CPU has no fast bfloat16).
-AUTO_REDUCED_CPU_ORDER: tuple[str, ...] = ("onnx-int8", "openvino-int8")
+#: "auto-reduced" on CPU: fastest first (int8; this CPU has no fast bfloat16). OpenVINO ran the same QDQ
+#: model 1.1-2x faster than ONNX Runtime at every batch size here (BENCHMARKS.md).
+AUTO_REDUCED_CPU_ORDER: tuple[str, ...] = ("openvino-int8", "onnx-int8")
 #: Minimum slice agreement (argmax) with float32 before a reduced-precision backend is used automatically.
 AGREEMENT_MIN: float = 0.99
 #: ONNX opset of the exported models.
