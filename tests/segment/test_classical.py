@@ -134,3 +134,26 @@ def test_get_segmenter() -> None:
         get_segmenter("magic")
     with pytest.raises(ConfigError, match="model"):
         get_segmenter("unet")
+
+
+def _notched_lung() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One axial slice: a body disk, a lung disk inside its wall with a bite out of it against the chest wall
+    (consolidation or, under a dome, the liver); returns body, lung with the bite, the bite."""
+    yy, xx = np.mgrid[:128, :128]
+    body = (yy - 64) ** 2 + (xx - 64) ** 2 <= 60**2
+    disk = (yy - 64) ** 2 + (xx - 30) ** 2 <= 18**2
+    bite = disk & (xx < 20) & (np.abs(yy - 64) < 8)
+    return body, disk & ~bite, bite
+
+
+def test_wall_concavity_is_filled_only_where_it_rests_on_lung() -> None:
+    from covidct.segment.classical import _fill_wall_pockets, _LazyDepth
+
+    body, lung, bite = _notched_lung()
+    filled = _fill_wall_pockets(lung, _LazyDepth(body, 1.0), 64.0)  # no slice below: in-plane rule alone
+    assert filled[bite].mean() > 0.8  # the lid is a straight chord: the rim of the bite stays out
+    on_lung = _fill_wall_pockets(lung, _LazyDepth(body, 1.0), 64.0, below=lung | bite)
+    np.testing.assert_array_equal(on_lung[bite], filled[bite])
+    on_abdomen = _fill_wall_pockets(lung, _LazyDepth(body, 1.0), 64.0, below=np.zeros_like(lung))
+    assert not on_abdomen[bite].any()
+    np.testing.assert_array_equal(on_abdomen, lung)

@@ -16,7 +16,9 @@ pixel is already coarse: see :func:`auto_downsample`):
 5. Filling, per axial slice and lung: holes (vessels, nodules, consolidation surrounded by aerated lung) are
    filled, except the tops of diaphragm domes (holes that open into tissue in the slice below), and so are
    concavities of the lung's convex hull that open towards the chest wall (peripheral and
-   dependent consolidation, effusion); concavities towards the mediastinum (heart, hilum) are left out.
+   dependent consolidation, effusion); concavities towards the mediastinum (heart, hilum) are left out, and
+   so are concavities that do not rest on lung in the slice below (the liver, spleen or stomach wrapped by the
+   costophrenic recesses); slices are filled from the most inferior up for that test.
 
 Labels are those of :class:`covidct.registry.LungLabel`: 0 background, 1 the patient's right lung, 2 the
 patient's left lung. Which array column direction is the patient's right comes from ``volume.direction``.
@@ -332,15 +334,25 @@ def _fill_lung_holes(mask: np.ndarray, *, min_voxels: int = 100) -> np.ndarray:
 def _fill(
     labels: np.ndarray, body: np.ndarray, midline: float, pixel_mm: float, *, fill_concavities: bool
 ) -> np.ndarray:
-    """Fill holes per slice and lung, and the hull concavities of each lung that lie against the chest wall."""
+    """Fill holes per slice and lung, and the hull concavities of each lung that lie against the chest wall.
+
+    Slices are processed from the most inferior up, so that a concavity is judged against the finished mask of
+    the slice below it: a concavity is filled only where it rests on lung there (consolidation does; the liver,
+    spleen and stomach under a diaphragm dome, wrapped by the posterior costophrenic recess, do not). The
+    last slice of the volume has nothing below it and keeps the in-plane rule alone.
+    """
     out = labels.copy()
     masks = {int(v): _fill_lung_holes(labels == v) for v in (LungLabel.RIGHT, LungLabel.LEFT)}
     if fill_concavities:
-        for z in np.flatnonzero(labels.reshape(labels.shape[0], -1).any(axis=1)):
+        nz = labels.shape[0]
+        for z in np.flatnonzero(labels.reshape(nz, -1).any(axis=1))[::-1]:
             depth = _LazyDepth(body[z], pixel_mm)
+            below = None
+            if z + 1 < nz:
+                below = masks[int(LungLabel.RIGHT)][z + 1] | masks[int(LungLabel.LEFT)][z + 1]
             for mask in masks.values():
                 if mask[z].any():
-                    mask[z] = _fill_wall_pockets(mask[z], depth, midline)
+                    mask[z] = _fill_wall_pockets(mask[z], depth, midline, below=below)
     for value, mask in masks.items():
         out[mask & (out == 0)] = value
     return out
@@ -367,8 +379,17 @@ class _LazyDepth:
         return np.asarray(dist, dtype=np.float64) * self._pixel_mm
 
 
+#: Fraction of a concavity's pixels that must be lung (after filling) in the slice below for it to be filled.
+RESTING_FRACTION = 0.5
+
+
 def _fill_wall_pockets(
-    mask: np.ndarray, depth_of: _LazyDepth, midline: float, *, medial_ratio: float = 0.6
+    mask: np.ndarray,
+    depth_of: _LazyDepth,
+    midline: float,
+    *,
+    medial_ratio: float = 0.6,
+    below: np.ndarray | None = None,
 ) -> np.ndarray:
     """Add to one lung's 2-D ``mask`` the concavities of its convex hull that lie against the chest wall.
 
@@ -379,6 +400,10 @@ def _fill_wall_pockets(
     concavity is pleural: consolidation or effusion against the wall, and it is filled. Where the lid cuts
     deep through the mediastinum or the abdomen (heart, hilum, diaphragm dome), or the concavity is medial,
     it is not: the method prefers leaving out a juxta-mediastinal consolidation to swallowing the mediastinum.
+    With ``below`` (the lung pixels of the slice below, both lungs, already filled) a concavity is filled only
+    when at least :data:`RESTING_FRACTION` of it lies on lung there: the pleural recesses wrap the liver,
+    spleen and stomach under the diaphragm domes in a crescent whose hull holds those organs, which rest on
+    abdomen, not lung.
     """
     from skimage.morphology import convex_hull_image
 
@@ -412,6 +437,10 @@ def _fill_wall_pockets(
         lid_depth[present - 1] = ndi.median(lid_values, lid_label, present)
     fill = np.zeros(n + 1, dtype=bool)
     fill[1:] = (lid_depth <= 1.4 * thickness + 10.0) & lateral
+    if below is not None:
+        size = np.bincount(pockets.ravel(), minlength=n + 1)
+        on_lung = np.bincount(pockets.ravel(), weights=below[r0:r1, c0:c1].ravel(), minlength=n + 1)
+        fill[1:] &= on_lung[1:] >= RESTING_FRACTION * size[1:]
     out = mask.copy()
     out[r0:r1, c0:c1] |= fill[pockets]
     return out
