@@ -212,6 +212,7 @@ def render(
                 ],
                 e2e,
             ),
+            "",
             "Files to JSON diagnosis with `covidct.diagnose.Diagnoser` (models loaded once); stage columns are "
             "the Diagnoser's own `timing_s` (seconds, medians). Only the kept slices are classified.",
             "",
