@@ -188,13 +188,8 @@ def test_cli_writes_a_cohort(tmp_path: Path) -> None:
     assert main(["synth", "-o", str(tmp_path / "y"), "--patients", "1", "--mix", "a,b"]) != 0
 
 
-def test_classical_segmentation_reaches_dice_095(cohort: Path) -> None:
-    """Quality bar on a small cohort read back from DICOM.
-
-    128 x 128 slices are the classical segmenter's hardest case (it works at half resolution), and a
-    threshold segmenter leaves dense CAP consolidation out of the lung while the ground truth keeps it in:
-    measured on this cohort 0.956-0.961 for normal and COVID-19 patients, 0.93 for the two CAP patients.
-    """
+def _dice_by_class(cohort: Path) -> dict[str, list[float]]:
+    """Dice (both lungs together) of the classical segmentation against the ground truth, per class."""
     seg_mod = pytest.importorskip("covidct.segment", reason="covidct.segment not written yet")
     import SimpleITK as sitk
 
@@ -207,8 +202,34 @@ def test_classical_segmentation_reaches_dice_095(cohort: Path) -> None:
         gt = sitk.GetArrayFromImage(sitk.ReadImage(str(cohort / "masks" / f"{r['patient']}_lung.nii.gz")))
         mask = seg.apply(load_study(cohort / r["folder"], workers=1))
         scores.setdefault(r["class"], []).append(dice(mask > 0, gt > 0))
-    assert np.mean(scores["normal"] + scores["covid19"]) >= 0.95, scores
-    assert min(v for vals in scores.values() for v in vals) >= 0.9, scores
+    return scores
+
+
+def _assert_quality_bar(scores: dict[str, list[float]]) -> None:
+    """Issue 3's bar, Dice >= 0.95, for the normal and COVID-19 class means; CAP is held to 0.93 (see below).
+
+    Measured (segmentation engineer; cohorts read back from DICOM, segmented at full resolution): 9-patient
+    cohorts of seeds 3 and 7 gave class means normal 0.996/0.993, COVID-19 0.988/0.971, CAP 0.972/0.964 and
+    patients 0.938-0.997; this 6-patient seed-7 cohort gives CAP 0.944 and 0.938 (mean 0.941). CAP misses the
+    bar where a lobar consolidation fills the lung from the chest wall to the mediastinum, which a threshold
+    segmenter cannot tell from the mediastinum: not met, reported, not hidden by a lower bar for all.
+    """
+    assert set(scores) == {"normal", "cap", "covid19"}, scores
+    for cls in ("normal", "covid19"):
+        assert np.mean(scores[cls]) >= 0.95, (cls, scores)
+    assert np.mean(scores["cap"]) >= 0.93, scores
+    assert min(v for vals in scores.values() for v in vals) >= 0.92, scores
+
+
+def test_classical_segmentation_reaches_dice_095(cohort: Path) -> None:
+    """Quality bar on a small cohort read back from DICOM (128 x 128 slices, segmented at full resolution)."""
+    _assert_quality_bar(_dice_by_class(cohort))
+
+
+def test_classical_segmentation_reaches_dice_095_second_seed(tmp_path: Path) -> None:
+    """The same bar on a cohort of another seed, so that it does not hold by the luck of one draw."""
+    other = generate_cohort(tmp_path / "c7", patients=6, mix=(1, 1, 1), seed=7)
+    _assert_quality_bar(_dice_by_class(other))
 
 
 def test_rle_fallback_without_gdcm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
