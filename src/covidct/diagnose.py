@@ -133,10 +133,21 @@ class Diagnoser:
             backend=backend,
             image_size=classifier.image_size,
             device=self.device,
-            cache_dir=self.model_dir / ".cache",
+            cache_dir=self._cache_dir(),
         )
         classifier.runner = runner
         return str(getattr(runner, "name", backend))
+
+    def _cache_dir(self) -> Path:
+        """Exported/quantised models go beside the weights, or to the user cache if that is read-only."""
+        import os
+
+        from covidct.classify.backends import default_cache_dir
+
+        local = self.model_dir / ".cache"
+        if os.access(local if local.exists() else self.model_dir, os.W_OK):
+            return local
+        return default_cache_dir()
 
     @property
     def model_card(self) -> dict[str, Any]:
