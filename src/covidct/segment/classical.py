@@ -90,7 +90,8 @@ class ClassicalSegmenter:
         airway = self._airways(inside, midline, pixel_mm2, spacing[2])
         lungs = self._lung_components(inside & ~airway, pixel_mm2)
         labels = _split_right_left(lungs, midline, spacing, right_low_x)
-        return _fill(labels, body, midline, spacing[2], fill_concavities=self.fill_concavities)
+        tissue = hu < 200.0  # all but bone: consolidation with its air bronchograms, fluid, soft tissue
+        return _fill(labels, body, midline, spacing[2], fill_concavities=self.fill_concavities, tissue=tissue)
 
     def _airways(self, inside: np.ndarray, midline: float, pixel_mm2: float, pixel_mm: float) -> np.ndarray:
         """Trachea and main bronchi outside the lungs: small air regions seeded at the midline, tracked down."""
@@ -332,11 +333,19 @@ def _fill_lung_holes(mask: np.ndarray, *, min_voxels: int = 100) -> np.ndarray:
 
 
 def _fill(
-    labels: np.ndarray, body: np.ndarray, midline: float, pixel_mm: float, *, fill_concavities: bool
+    labels: np.ndarray,
+    body: np.ndarray,
+    midline: float,
+    pixel_mm: float,
+    *,
+    fill_concavities: bool,
+    tissue: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Fill holes per slice and lung, and the hull concavities of each lung that lie against the chest wall.
+    """Fill holes per slice and lung, the hull concavities of each lung that lie against the chest wall, and
+    dense tissue that continues a lung of the slice below (``tissue``: the non-bone pixels, see
+    :func:`_from_below`).
 
-    Slices are processed from the most inferior up, so that a concavity is judged against the finished mask of
+    Slices are processed from the most inferior up, so that a slice is judged against the finished mask of
     the slice below it: a concavity is filled only where it rests on lung there (consolidation does; the liver,
     spleen and stomach under a diaphragm dome, wrapped by the posterior costophrenic recess, do not). The
     last slice of the volume has nothing below it and keeps the in-plane rule alone.
@@ -345,17 +354,67 @@ def _fill(
     masks = {int(v): _fill_lung_holes(labels == v) for v in (LungLabel.RIGHT, LungLabel.LEFT)}
     if fill_concavities:
         nz = labels.shape[0]
+        largest = {v: int(m.reshape(nz, -1).sum(axis=1).max()) for v, m in masks.items()}
         for z in np.flatnonzero(labels.reshape(nz, -1).any(axis=1))[::-1]:
             depth = _LazyDepth(body[z], pixel_mm)
             below = None
             if z + 1 < nz:
                 below = masks[int(LungLabel.RIGHT)][z + 1] | masks[int(LungLabel.LEFT)][z + 1]
-            for mask in masks.values():
+            for value, mask in masks.items():
                 if mask[z].any():
                     mask[z] = _fill_wall_pockets(mask[z], depth, midline, below=below)
+                    if tissue is None or z + 1 >= nz:
+                        continue
+                    other = masks[int(LungLabel.LEFT) + int(LungLabel.RIGHT) - value]
+                    if _falls_short(mask[z], mask[z + 1], other[z], other[z + 1], largest[value]):
+                        mask[z] |= _from_below(mask[z], mask[z + 1], tissue[z] & ~other[z], depth)
     for value, mask in masks.items():
         out[mask & (out == 0)] = value
     return out
+
+
+#: A lung "falls short" of the slice below when its area is under SHORTFALL times the area expected from the
+#: slice below scaled as the other lung changes; only slices below which the lung covers at least
+#: MIN_AREA_FRAC of its largest slice (not the apex, where the two apices differ in height) are judged.
+SHORTFALL = 0.9
+MIN_AREA_FRAC = 0.5
+
+
+def _falls_short(
+    here: np.ndarray, below: np.ndarray, other_here: np.ndarray, other_below: np.ndarray, largest: int
+) -> bool:
+    """Whether one lung's slice lost more area to the slice below than the other lung did (consolidation)."""
+    n_below = int(np.count_nonzero(below))
+    if n_below == 0 or n_below < MIN_AREA_FRAC * largest:
+        return False
+    ratio = min(float(np.count_nonzero(other_here)) / max(float(np.count_nonzero(other_below)), 1.0), 1.0)
+    return int(np.count_nonzero(here)) < SHORTFALL * n_below * ratio
+
+
+def _from_below(mask: np.ndarray, below: np.ndarray, tissue: np.ndarray, depth_of: _LazyDepth) -> np.ndarray:
+    """Pixels of ``tissue`` (not bone, not the other lung) where the same lung is in the finished slice below.
+
+    A lobar consolidation that reaches from the chest wall to the mediastinum is no hull concavity, but the lung
+    below it (aerated, or already filled) shows where the lung is. Kept are the candidates no shallower under
+    the skin than the lung's own border here (10th percentile, less one pixel: not the chest wall), after an
+    opening by a 1-pixel disk (no thin rims), in components that touch ``mask``.
+    """
+    cand = below & tissue & ~mask
+    if not cand.any():
+        return cand
+    rows, cols = np.nonzero(mask & ~_erode_2d(mask))
+    wall = float(np.percentile(depth_of.at(rows, cols), 10.0)) - depth_of.pixel_mm
+    cr, cc = np.nonzero(cand)
+    shallow = depth_of.at(cr, cc) < wall
+    cand[cr[shallow], cc[shallow]] = False
+    cand = ndi.binary_opening(cand, structure=ndi.generate_binary_structure(2, 1))
+    comps, n = ndi.label(cand)
+    if n == 0:
+        return cand
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.unique(comps[_dilate_2d(mask) & cand])] = True
+    keep[0] = False
+    return keep[comps]
 
 
 class _LazyDepth:
@@ -366,7 +425,7 @@ class _LazyDepth:
 
     def __init__(self, body: np.ndarray, pixel_mm: float) -> None:
         self._body = body
-        self._pixel_mm = pixel_mm
+        self.pixel_mm = pixel_mm
         self._tree: Any = None
 
     def at(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
@@ -376,7 +435,7 @@ class _LazyDepth:
             edge = np.argwhere(self._body & ~_erode_2d(self._body))
             self._tree = cKDTree(edge if edge.size else np.array([[-1e6, -1e6]]))
         dist, _ = self._tree.query(np.column_stack([rows, cols]))
-        return np.asarray(dist, dtype=np.float64) * self._pixel_mm
+        return np.asarray(dist, dtype=np.float64) * self.pixel_mm
 
 
 #: Fraction of a concavity's pixels that must be lung (after filling) in the slice below for it to be filled.
