@@ -206,19 +206,17 @@ def _dice_by_class(cohort: Path) -> dict[str, list[float]]:
 
 
 def _assert_quality_bar(scores: dict[str, list[float]]) -> None:
-    """Issue 3's bar, Dice >= 0.95, for the normal and COVID-19 class means; CAP is held to 0.93 (see below).
+    """Issue 3's bar: Dice >= 0.95 for every class (class mean), and no patient far below it.
 
-    Measured (segmentation engineer; cohorts read back from DICOM, segmented at full resolution): 9-patient
-    cohorts of seeds 3 and 7 gave class means normal 0.996/0.993, COVID-19 0.988/0.971, CAP 0.972/0.964 and
-    patients 0.938-0.997; this 6-patient seed-7 cohort gives CAP 0.944 and 0.938 (mean 0.941). CAP misses the
-    bar where a lobar consolidation fills the lung from the chest wall to the mediastinum, which a threshold
-    segmenter cannot tell from the mediastinum: not met, reported, not hidden by a lower bar for all.
+    Measured (segmentation engineer; cohorts read back from DICOM, segmented at full resolution, commit
+    31d6aee): 9-patient cohorts of seeds 3 and 7, class means normal 0.996/0.993, CAP 0.980/0.980, COVID-19
+    0.988/0.971, patients 0.955-0.997. The lowest are a COVID-19 patient with dense lesions on the diaphragm
+    and CAP patients whose consolidation reaches the lung base.
     """
     assert set(scores) == {"normal", "cap", "covid19"}, scores
-    for cls in ("normal", "covid19"):
-        assert np.mean(scores[cls]) >= 0.95, (cls, scores)
-    assert np.mean(scores["cap"]) >= 0.93, scores
-    assert min(v for vals in scores.values() for v in vals) >= 0.92, scores
+    for cls, values in scores.items():
+        assert np.mean(values) >= 0.95, (cls, scores)
+    assert min(v for vals in scores.values() for v in vals) >= 0.93, scores
 
 
 def test_classical_segmentation_reaches_dice_095(cohort: Path) -> None:
