@@ -48,3 +48,41 @@ def test_python_m_entry_point() -> None:
         [sys.executable, "-m", "covidct", "--version"], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0 and __version__ in done.stdout
+
+
+def test_building_the_parser_imports_no_heavy_library() -> None:
+    """``covidct --help`` must stay fast: numpy, torch, pydicom and the readers load only when a command runs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, covidct.cli.main as m; m.build_parser(); "
+        "print(','.join(n for n in ('numpy', 'torch', 'pydicom', 'covidct.io', 'SimpleITK') if n in sys.modules))"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert proc.stdout.strip() == "", f"imported while building the parser: {proc.stdout.strip()}"
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "a_folder"])
+def test_segment_unwritable_output_fails_before_loading(
+    where: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad ``-o`` is a one-line ConfigError before the study is read (was a FileExistsError at the end)."""
+    import covidct.io
+
+    def no_load(*_a: object, **_k: object) -> None:
+        raise AssertionError("load_study called although the output cannot be written")
+
+    monkeypatch.setattr(covidct.io, "load_study", no_load)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    out = blocker / "mask.nii.gz" if where == "under_a_file" else tmp_path / "dir.nii.gz"
+    if where == "a_folder":
+        out.mkdir()
+    code = main(["segment", str(tmp_path / "study"), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert ("is a file" in err[0]) if where == "under_a_file" else ("is a folder" in err[0])

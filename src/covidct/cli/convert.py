@@ -15,13 +15,13 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from covidct.errors import ConfigError
-from covidct.io.loader import load_study
-from covidct.io.volume import CTVolume
-from covidct.preprocess import parse_window, window_uint8
 from covidct.registry import LUNG_WINDOW, Window
+
+if TYPE_CHECKING:  # numpy and the readers load only when the command runs (``covidct --help`` stays fast)
+    from covidct.io.volume import CTVolume
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,8 @@ def write_pngs(volume: CTVolume, out_dir: Path, *, win: Window = LUNG_WINDOW) ->
     """Write the lung-window PNGs and ``slices.csv`` into ``out_dir`` atomically (staging folder, rename)."""
     from PIL import Image
 
+    from covidct.preprocess import window_uint8
+
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".covidct-convert-", dir=out_dir))
     written: list[Path] = []
@@ -86,6 +88,9 @@ def write_pngs(volume: CTVolume, out_dir: Path, *, win: Window = LUNG_WINDOW) ->
 
 
 def run(args: argparse.Namespace) -> int:
+    from covidct.io.loader import load_study
+    from covidct.preprocess import parse_window
+
     if args.window is not None and args.format != "png":
         raise ConfigError("--window applies to PNG output only; NIfTI output keeps the HU values")
     try:

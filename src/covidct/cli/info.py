@@ -5,11 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from covidct.io.checks import check_chest_ct
-from covidct.io.loader import open_study
-from covidct.io.volume import CTVolume
+if TYPE_CHECKING:  # numpy and the readers load only when the command runs (``covidct --help`` stays fast)
+    from covidct.io.volume import CTVolume
 
 
 def register(sub: Any) -> None:
@@ -28,6 +27,8 @@ def register(sub: Any) -> None:
 
 def describe(volume: CTVolume, *, source: str, show_phi: bool = False) -> dict[str, Any]:
     """The ``info`` document of a loaded volume (JSON-ready; PHI only when ``show_phi``)."""
+    from covidct.io.checks import check_chest_ct
+
     meta = volume.meta
     check = check_chest_ct(volume)
     hu_min = float(volume.hu.min())
@@ -61,6 +62,8 @@ def describe(volume: CTVolume, *, source: str, show_phi: bool = False) -> dict[s
 
 
 def run(args: argparse.Namespace) -> int:
+    from covidct.io.loader import open_study
+
     study = open_study(args.input, workers=args.workers, min_slices=1)
     try:
         volume = study.read()

@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from covidct.errors import ConfigError, NotChestCTError
 
@@ -39,7 +38,24 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+def check_writable(path: str, *, what: str) -> None:
+    """Raise :class:`ConfigError` when ``path`` cannot become a file: it is a folder, or a parent is a file.
+
+    Checked before any work, so a bad ``-o`` fails in a second instead of after loading and segmenting.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{what} {path}: is a folder; give a file name")
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
+            break
+
+
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from covidct.io import load_study
     from covidct.report.overlay import overlay_mosaic
     from covidct.segment import get_segmenter
@@ -53,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     preview = args.preview
     if preview is not None and not str(preview).lower().endswith(".png"):
         raise ConfigError(f"preview {preview!r}: the preview is a PNG image, name it *.png")
+    check_writable(output, what="output")
+    if preview is not None:
+        check_writable(str(preview), what="preview")
 
     segmenter = get_segmenter(args.method, model_dir=args.model, device=args.device)
     volume = load_study(args.input, workers=args.workers)
