@@ -189,6 +189,16 @@ def test_truncated_and_garbage_files_are_skipped_with_warning(tmp_path: Path, wr
     assert any("truncated" in w for w in vol.meta.warnings)
 
 
+def test_broken_symlink_is_skipped_as_unreadable(tmp_path: Path, write_series, dw) -> None:
+    """A dangling link in the folder is one more unreadable file (was a bare FileNotFoundError)."""
+    write_series(tmp_path, dw.phantom(4))
+    (tmp_path / "IM9999.dcm").symlink_to(tmp_path / "gone.dcm")
+    vol = load_study(tmp_path, workers=1)
+    assert vol.n_slices == 4
+    skipped = {Path(s["path"]).name: s["reason"] for s in vol.meta.skipped}
+    assert "unreadable file" in skipped["IM9999.dcm"]
+
+
 def test_slice_location_fallback(tmp_path: Path, dw) -> None:
     uid, study = generate_uid(), generate_uid()
     hu = dw.phantom(3)
@@ -268,17 +278,28 @@ def test_slice_that_fails_to_decode_is_dropped_and_reported(
     hu = dw.phantom(5)
     write_series(tmp_path, hu)
     real = dicom.decode_group
+    broken = {"name": "IM0003.dcm"}
 
     def flaky(path, force, items):
-        if Path(path).name == "IM0003.dcm":
+        if Path(path).name == broken["name"]:
             return ["cannot decode the pixel data (ValueError: broken)"] * len(items)
         return real(path, force, items)
 
     monkeypatch.setattr(dicom, "decode_group", flaky)
+    # a slice inside the series: stacking the rest would shift every slice past the gap -> refused, named
+    with pytest.raises(InputError, match=r"IM0003\.dcm.*gap"):
+        load_study(tmp_path, workers=1)
+    # the same failure on the last (most inferior) slice only shortens the volume: kept and reported
+    broken["name"] = "IM0004.dcm"
     vol = load_study(tmp_path, workers=1)
-    np.testing.assert_array_equal(vol.hu, hu[[0, 1, 2, 4]])
-    assert vol.meta.extra["indices"] == [0, 1, 2, 4]
-    assert any("IM0003.dcm" in w and "cannot decode" in w for w in vol.meta.warnings)
+    np.testing.assert_array_equal(vol.hu, hu[[0, 1, 2, 3]])
+    assert vol.meta.extra["indices"] == [0, 1, 2, 3]
+    assert any("IM0004.dcm" in w and "cannot decode" in w for w in vol.meta.warnings)
+    # and on the first one
+    broken["name"] = "IM0000.dcm"
+    vol = load_study(tmp_path, workers=1)
+    np.testing.assert_array_equal(vol.hu, hu[[1, 2, 3, 4]])
+    assert vol.slices[0].position_mm == pytest.approx(98.0)
     monkeypatch.setattr(dicom, "decode_group", lambda p, f, items: ["broken"] * len(items))
     with pytest.raises(InputError, match="none of the requested slices could be decoded"):
         load_study(tmp_path, workers=1)

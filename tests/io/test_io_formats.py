@@ -140,3 +140,33 @@ def test_pydicom_enhanced_multiframe_ct() -> None:
     np.testing.assert_allclose(vol.direction, np.diag([1.0, 1.0, -1.0]))
     assert vol.spacing == pytest.approx((10.0, 0.388672, 0.388672))
     assert open_study(path).read([1]).hu.shape == (1, 512, 512)
+
+
+def test_volume_save_failure_leaves_nothing_behind(tmp_path: Path, monkeypatch, dw) -> None:
+    """A failing writer leaves neither the target nor a temporary file (was a stale ``.partial`` file)."""
+    from covidct.io.volume import CTVolume
+
+    vol = CTVolume(dw.phantom(3), (2.0, 0.7, 0.8))
+    out = vol.save(tmp_path / "ok.nii.gz")
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    np.testing.assert_array_equal(back, vol.hu)
+
+    def failing_write(image, name, *a, **k):
+        Path(name).write_bytes(b"half")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(sitk, "WriteImage", failing_write)
+    with pytest.raises(RuntimeError, match="disk full"):
+        vol.save(tmp_path / "bad.nii.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.nii.gz"]
+
+
+def test_available_cpus_is_the_affinity_count() -> None:
+    import os
+
+    from covidct.io import available_cpus
+    from covidct.io.loader import default_workers
+
+    expected = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    assert available_cpus() == max(1, expected)
+    assert 1 <= default_workers() <= min(4, available_cpus())

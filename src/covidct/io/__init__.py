@@ -2,7 +2,7 @@
 
 from covidct.io.checks import ChestCheck, check_chest_ct, require_chest_ct
 from covidct.io.formats import safe_extract_zip
-from covidct.io.loader import Study, load_study, open_study
+from covidct.io.loader import Study, available_cpus, load_study, open_study
 from covidct.io.volume import CTVolume, SliceInfo, StudyMeta
 
 __all__ = [
@@ -11,6 +11,7 @@ __all__ = [
     "SliceInfo",
     "Study",
     "StudyMeta",
+    "available_cpus",
     "check_chest_ct",
     "load_study",
     "open_study",

@@ -48,7 +48,6 @@ _SKIP_SUFFIXES = {
     ".pdf",
 }
 _SKIP_SUFFIXES |= {".nii", ".gz", ".nrrd", ".nhdr", ".mha", ".mhd", ".zip", ".html"}
-_LOCALIZER_SOP = "1.2.840.10008.5.1.4.1.1.2.2"  # not used by CT, kept for clarity of the localizer check
 
 
 @dataclass
@@ -162,7 +161,10 @@ def read_header(path: str) -> _Header | tuple[str, str]:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
-    size = os.path.getsize(path)
+    try:
+        size = os.path.getsize(path)
+    except OSError as exc:  # a broken symbolic link, a file removed meanwhile, no permission
+        return path, f"unreadable file ({exc.strerror or type(exc).__name__})"
     ds = None
     force = False
     state = "missing"

@@ -34,13 +34,20 @@ log = logging.getLogger(__name__)
 _PARALLEL_MIN_FILES = 24
 
 
+def available_cpus() -> int:
+    """CPU cores this process may run on (affinity-aware: a container's or ``taskset``'s limit), at least 1.
+
+    The one core count of covidct: decoding workers here, inference threads in ``classify.backends``.
+    """
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def default_workers() -> int:
     """Decoding processes used when ``workers`` is None: the CPUs available, at most 4."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        n = os.cpu_count() or 1
-    return max(1, min(4, n))
+    return min(4, available_cpus())
 
 
 class Study:
@@ -152,18 +159,29 @@ class Study:
         arrays = _decode(refs, workers=self.workers, progress=progress)
         meta = _copy_meta(self.meta)
         keep = []
-        for ref, arr in zip(refs, arrays, strict=True):
+        kept_at: list[int] = []  # positions in refs of the decoded slices
+        failed: list[tuple[int, str, str]] = []  # (position in refs, source, reason)
+        for k, (ref, arr) in enumerate(zip(refs, arrays, strict=True)):
             if isinstance(arr, str):
-                meta.warnings.append(f"skipped {ref.source}: {arr}")
-                meta.skipped.append({"path": ref.source, "reason": arr})
-                log.warning("skipped a slice: %s", arr)
+                failed.append((k, ref.source, arr))
             elif arr.shape != (series.rows, series.cols):
                 reason = f"image size {arr.shape} differs from the series' {(series.rows, series.cols)}"
-                meta.skipped.append({"path": ref.source, "reason": reason})
+                failed.append((k, ref.source, reason))
             else:
                 keep.append((ref, arr))
+                kept_at.append(k)
         if not keep:
             raise InputError(f"{self.source}: none of the requested slices could be decoded ({arrays[0]})")
+        first_kept, last_kept = kept_at[0], kept_at[-1]
+        for k, source, reason in failed:
+            if first_kept < k < last_kept:  # stacking the rest would shift every slice past the gap
+                raise InputError(
+                    f"{self.source}: slice {source} inside the series could not be read ({reason}); the volume "
+                    "would have a gap. Replace that file with an intact copy, or export the series again"
+                )
+            meta.warnings.append(f"skipped {source}: {reason}")
+            meta.skipped.append({"path": source, "reason": reason})
+            log.warning("skipped a slice at the end of the series: %s", reason)
         if len(keep) != self.n_slices:  # a subset, or slices lost to decoding errors: say which remain
             kept_ids = {id(r) for r, _ in keep}
             meta.extra["indices"] = [i for i, r in zip(idx, refs, strict=True) if id(r) in kept_ids]

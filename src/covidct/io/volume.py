@@ -31,7 +31,9 @@ class StudyMeta:
     input_format: str = "dicom"  # dicom | nifti | nrrd | mha | ...
     skipped: list[dict[str, str]] = field(default_factory=list)  # {"path": ..., "reason": ...}
     warnings: list[str] = field(default_factory=list)
-    phi: dict[str, str] = field(default_factory=dict)  # PatientName, PatientID, StudyDate: never logged by default
+    phi: dict[str, str] = field(
+        default_factory=dict
+    )  # PatientName, PatientID, StudyDate: never logged by default
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -56,7 +58,9 @@ class CTVolume:
         if self.hu.ndim != 3:
             raise ValueError(f"CTVolume.hu must be 3-D (z, y, x), got shape {self.hu.shape}")
         if len(self.spacing) != 3 or min(self.spacing) <= 0:
-            raise ValueError(f"CTVolume.spacing must be three positive mm values (z, y, x), got {self.spacing}")
+            raise ValueError(
+                f"CTVolume.spacing must be three positive mm values (z, y, x), got {self.spacing}"
+            )
         self.direction = np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
     @property
@@ -94,14 +98,10 @@ class CTVolume:
         data = self.hu if array is None else array
         if data.shape != self.hu.shape:
             raise ValueError(f"array shape {data.shape} does not match volume shape {self.hu.shape}")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        from covidct._files import atomic_write
+
         image = sitk.GetImageFromArray(np.ascontiguousarray(data))
         image.SetSpacing((float(self.spacing[2]), float(self.spacing[1]), float(self.spacing[0])))
         image.SetOrigin(tuple(float(v) for v in self.origin))
         image.SetDirection(tuple(float(v) for v in self.direction.reshape(-1)))
-        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
-        tmp = path.with_name(f".{path.name}.partial{suffix}")
-        sitk.WriteImage(image, str(tmp), useCompression=True)
-        tmp.replace(path)
-        return path
+        return atomic_write(path, lambda tmp: sitk.WriteImage(image, str(tmp), useCompression=True))
