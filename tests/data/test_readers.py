@@ -141,3 +141,15 @@ def test_image_folder(tmp_path: Path) -> None:
     assert arr.dtype == np.float32 and arr.shape == (64, 64) and abs(float(arr.max()) - 1.0) < 1e-6
     with pytest.raises(InputError, match="no PNG/JPG"):
         read_image_folder(tmp_path / "normal")
+
+
+def test_index_class_mismatch_warning_names_the_case(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Index.csv/folder disagreement says which case it is about (the warning used to leave it out)."""
+    _write_layout(tmp_path, {"CAP Cases": "P001"}, updated=False)  # Index.csv: P001 is COVID-19
+    with caplog.at_level("WARNING", logger="covidct.data.covidctmd"):
+        (rec,) = read_covidctmd(tmp_path)
+    assert rec.diagnosis == "cap"
+    (msg,) = [r.getMessage() for r in caplog.records if "Index.csv says" in r.getMessage()]
+    assert "P001" in msg and "covid19" in msg

@@ -335,3 +335,29 @@ def test_phi_kept_apart_and_never_logged(tmp_path: Path, write_series, caplog, d
     assert caplog.records, "expected a warning about the truncated file"
     assert "SECRET-ID-42" not in caplog.text and "Doe^Jane" not in caplog.text
     assert "20200102" not in caplog.text
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_script_without_main_guard_decodes_quietly(tmp_path: Path, write_series, dw, guarded: bool) -> None:
+    """A user script without ``if __name__ == "__main__":`` (workers would re-run it under forkserver/spawn)
+    still loads the study, with no traceback from worker processes; a guarded script keeps the pool."""
+    import subprocess
+    import sys
+
+    hu = dw.phantom(6)
+    write_series(tmp_path / "series", hu)
+    call = f"vol = load_study({str(tmp_path / 'series')!r}, workers=2)\nprint('SUM', int(vol.hu.sum()))\n"
+    if guarded:
+        call = 'if __name__ == "__main__":\n' + "".join(f"    {line}\n" for line in call.splitlines())
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "import logging, threading\n"
+        "from covidct.io import load_study\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        "threading.Thread(target=threading.Event().wait, daemon=True).start()  # forces forkserver\n" + call
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"SUM {int(hu.astype(np.int64).sum())}" in done.stdout
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert ("decoding serially" in done.stderr) is (not guarded)

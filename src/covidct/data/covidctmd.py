@@ -142,7 +142,13 @@ def read_covidctmd(root: str | Path) -> list[StudyRecord]:
             if entry is not None:
                 label_index, index_cls = entry
                 if index_cls != cls:
-                    log.warning("case in %s: Index.csv says %s; using the folder's class", folder, index_cls)
+                    log.warning(
+                        "case %s in %s: Index.csv says %s; using the folder's class (%s)",
+                        case,
+                        folder.name,
+                        index_cls,
+                        cls,
+                    )
                 if labels is not None:
                     row = label_row(label_index, labels.shape[0], known)
                     if row < labels.shape[0]:

@@ -233,6 +233,27 @@ def _pool_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+def _main_reimport_safe(ctx: Any) -> bool:
+    """May a ``ctx`` pool start here without re-running the user's script in every worker?
+
+    forkserver and spawn workers re-import the ``__main__`` script (as ``__mp_main__``); a script that calls
+    covidct at module level without an ``if __name__ == "__main__":`` guard would then run again in each
+    worker, fail there and print tracebacks. fork never re-imports; nor is a ``-c`` command or an interactive
+    session (no ``__main__.__file__``) re-run. Otherwise the script's source must mention the guard.
+    """
+    if ctx.get_start_method() == "fork":
+        return True
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path:
+        return True
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return "__name__" in text and "__main__" in text
+
+
 class _NoBar:
     """Stands in for a hidden progress bar."""
 
@@ -274,8 +295,16 @@ def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) 
         n_chunks = min(len(jobs), n_workers * 4)
         bounds = np.linspace(0, len(jobs), n_chunks + 1).astype(int)
         chunks = [jobs[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+        ctx = _pool_context()
+        if not _main_reimport_safe(ctx):
+            log.info(
+                "decoding serially: the calling script has no 'if __name__ == \"__main__\":' guard, which "
+                "decoding processes need (%s start method); add it to decode in parallel",
+                ctx.get_start_method(),
+            )
+            return _decode_serial(jobs, bar)
         try:
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=_pool_context()) as pool:
+            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
                 for res in pool.map(dicom.decode_chunk, chunks):
                     out.extend(res)
                     bar.update(len(res))

@@ -25,6 +25,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from covidct._files import atomic_write
 from covidct.data.synth.scanner import ScannerSettings
 
 log = logging.getLogger(__name__)
@@ -172,9 +173,7 @@ def _finish(
         ds["PixelData"].VR = "OW"
     ds.file_meta = fm
     ds.preamble = b"\x00" * 128
-    tmp = path.with_name(f".{path.name}.partial")
-    ds.save_as(tmp, enforce_file_format=True)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: ds.save_as(tmp, enforce_file_format=True))
 
 
 def write_series(
