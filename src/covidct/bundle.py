@@ -26,16 +26,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import platform
-import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from covidct import __version__
-from covidct.errors import ModelError
+from covidct._files import atomic_write, atomic_write_bytes
+from covidct.errors import ConfigError, ModelError
 from covidct.registry import (
     ABNORMAL_FRACTION_THRESHOLD,
     BUNDLE_FORMAT_VERSION,
@@ -43,6 +42,7 @@ from covidct.registry import (
     LUNG_LABEL_NAMES,
     TRUNCATE_HEAD,
     TRUNCATE_TAIL,
+    Window,
 )
 
 if TYPE_CHECKING:
@@ -100,34 +100,83 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(obj: Any) -> Any:
-    """Plain JSON: NaN/inf floats become ``null`` (undefined metrics), tuples lists."""
+def json_safe(obj: Any) -> Any:
+    """Plain JSON: NaN/inf floats become ``null`` (undefined metrics), tuples lists, keys strings."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     return obj
+
+
+def card_window(card: dict[str, Any], *, default: Window, where: Path) -> Window:
+    """The HU window of a card's ``preprocessing.window`` (``{"level", "width"}`` in HU), else ``default``.
+
+    A malformed entry raises :class:`ModelError` naming ``where`` (the card file).
+    """
+    try:
+        w = dict(dict(card.get("preprocessing") or {}).get("window") or {})
+        if not w:
+            return default
+        level, width = float(w["level"]), float(w["width"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(
+            f"{where}: preprocessing.window must be {{'level': HU, 'width': HU}} ({exc!r}); "
+            "restore the original card or retrain"
+        ) from None
+    if not (math.isfinite(level) and math.isfinite(width) and width > 0):
+        raise ModelError(
+            f"{where}: preprocessing.window has level {level}, width {width} (width must be > 0)"
+        )
+    return Window(level, width)
+
+
+def card_int(section: dict[str, Any], key: str, default: int, *, where: Path, prefix: str = "") -> int:
+    """``int(section[key])`` (``default`` when absent); a non-integer value raises ModelError naming ``where``."""
+    value = section.get(key, default)
+    try:
+        out = int(value)
+        if isinstance(value, float) and value != out:
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise ModelError(f"{where}: {prefix}{key} must be an integer, got {value!r}") from None
+    return out
+
+
+def check_rule(rule: Any, *, where: str, error: type[Exception] = ModelError) -> dict[str, float]:
+    """Patient-rule parameters ``{"head", "tail", "threshold"}`` as floats, checked like ``decide`` does.
+
+    Missing keys take the registry defaults. Unknown keys, non-numbers or out-of-range values raise ``error``
+    (``ModelError`` for a card, ``ConfigError`` for an argument) naming ``where``.
+    """
+    from covidct.decide import _check_params
+
+    if not isinstance(rule, dict):
+        raise error(f"{where}: rule must be an object with head, tail and threshold, got {rule!r}")
+    unknown = sorted(set(map(str, rule)) - set(default_rule()))
+    if unknown:
+        raise error(f"{where}: unknown rule parameters {unknown}; the rule takes head, tail and threshold")
+    out = dict(default_rule())
+    for key, value in rule.items():
+        try:
+            out[str(key)] = float(value)
+        except (TypeError, ValueError):
+            raise error(f"{where}: rule {key} must be a number, got {value!r}") from None
+    try:
+        _check_params(out["head"], out["tail"], out["threshold"])
+    except ValueError as exc:
+        raise error(f"{where}: bad rule ({exc}); fix the rule or retrain") from None
+    return out
 
 
 def write_card(directory: Path, card: dict[str, Any]) -> dict[str, Any]:
     """Stamp ``hash`` and write ``model.json`` atomically (NaN as null); returns the stamped card."""
-    card = _json_safe(dict(card))
+    card = json_safe(dict(card))
     card["hash"] = card_hash(card)
     text = json.dumps(card, indent=2, sort_keys=False, allow_nan=False) + "\n"
-    _atomic_write_bytes(directory / CARD_NAME, text.encode())
+    atomic_write_bytes(directory / CARD_NAME, text.encode())
     return card
 
 
@@ -163,7 +212,10 @@ def read_card(directory: str | Path, *, kind: str | None = None, verify: bool = 
             "the model was trained for a different label set"
         )
     if card.get("kind") == "segmenter":
-        labels = {int(k): v for k, v in dict(card.get("labels", {})).items()}
+        try:
+            labels = {int(k): v for k, v in dict(card.get("labels") or {}).items()}
+        except (TypeError, ValueError) as exc:
+            raise ModelError(f"{path}: labels must map label numbers to names ({exc})") from None
         if labels != LUNG_LABEL_NAMES:
             raise ModelError(f"{path} has lung labels {labels}, expected {LUNG_LABEL_NAMES}")
     if verify:
@@ -192,14 +244,10 @@ def save_component(
     if kind not in COMPONENT_KINDS:
         raise ValueError(f"card kind must be one of {COMPONENT_KINDS}, got {kind!r}")
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    fd, tmp = tempfile.mkstemp(prefix=f".{WEIGHTS_NAME}.", suffix=".partial", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata={"format": FORMAT, "kind": str(kind)})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(
+        directory / WEIGHTS_NAME,
+        lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "kind": str(kind)}),
+    )
     full: dict[str, Any] = {
         "format": FORMAT,
         "format_version": BUNDLE_FORMAT_VERSION,
@@ -290,9 +338,17 @@ def write_pipeline(
 
     ``segmenter`` is a sub-folder name holding a segmenter bundle, or ``"classical"`` (no trained segmenter).
     ``classifier`` is the sub-folder of the classifier bundle. The components' cards are checked first.
+    ``rule`` (else the classifier card's, else the registry defaults) is checked: a bad explicit ``rule``
+    raises ConfigError, a bad one in the classifier card ModelError.
     """
     model_dir = Path(model_dir)
     ccard = read_card(model_dir / classifier, kind="classifier")
+    if rule is not None:
+        checked_rule = check_rule(rule, where=f"rule for {model_dir / CARD_NAME}", error=ConfigError)
+    else:
+        checked_rule = check_rule(
+            ccard.get("rule") or default_rule(), where=str(model_dir / classifier / CARD_NAME)
+        )
     components: dict[str, Any] = {
         "classifier": {"path": classifier, "hash": ccard["hash"], "name": ccard.get("name")},
     }
@@ -310,7 +366,7 @@ def write_pipeline(
         "version": __version__,
         "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "classes": list(CLASS_NAMES),
-        "rule": dict(rule or ccard.get("rule") or default_rule()),
+        "rule": checked_rule,
         "segmenter": seg_entry,
         "classifier": classifier,
         "components": components,
@@ -341,7 +397,8 @@ class Pipeline:
 
     @property
     def rule(self) -> dict[str, float]:
-        return {k: float(v) for k, v in dict(self.card.get("rule", default_rule())).items()}
+        """The checked patient-rule parameters (``head``, ``tail``, ``threshold``)."""
+        return check_rule(self.card.get("rule", default_rule()), where=str(self.directory / CARD_NAME))
 
 
 def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = "torch") -> Pipeline:
@@ -350,6 +407,7 @@ def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = 
 
     model_dir = Path(model_dir)
     card = read_card(model_dir, kind="pipeline")
+    check_rule(card.get("rule", default_rule()), where=str(model_dir / CARD_NAME))
     components = dict(card.get("components", {}))
     cdir = model_dir / str(card.get("classifier", "classifier"))
     classifier = SliceClassifier.from_bundle(cdir, device=device, backend=backend)
@@ -368,10 +426,8 @@ def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = 
     seg_entry = str(card.get("segmenter", "classical"))
     segmenter: Segmenter
     if seg_entry == "classical":
-        import importlib
+        from covidct.segment import get_segmenter
 
-        # the classical segmenter is the segmentation engineer's; looked up at run time
-        get_segmenter = importlib.import_module("covidct.segment").get_segmenter
         segmenter = get_segmenter("classical", device=device)
     else:
         from covidct.segment.unet import UNetSegmenter

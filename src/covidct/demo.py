@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from covidct._files import atomic_write_text
 from covidct.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ def run_demo(
     strips) and, with ``real``, ``real/`` (one JSON and slice strip per real series).
     """
     from covidct.data.synth import generate_cohort
-    from covidct.diagnose import Diagnoser
+    from covidct.diagnose import Diagnoser, check_device
     from covidct.evaluate.cohort import evaluate_cohort, read_cohort
     from covidct.train.classifier import train_classifier
     from covidct.train.config import ClassifierConfig, SegmenterConfig
@@ -83,6 +84,7 @@ def run_demo(
 
     s = settings or DemoSettings()
     out = Path(out_dir)
+    check_device(device)  # before minutes of training, not after
     if real is not None and not Path(real).is_dir():
         raise ConfigError(
             f"--real {real}: not a folder; give the COVID-CT-MD root (the folder with Index.csv)"
@@ -159,7 +161,7 @@ def run_demo(
         "real": real_answers,
         "timing_s": {k: round(v, 1) for k, v in timings.items()},
     }
-    (out / "demo.json").write_text(json.dumps(summary, indent=1, allow_nan=False, default=str))
+    atomic_write_text(out / "demo.json", json.dumps(summary, indent=1, allow_nan=False, default=str))
     return summary
 
 
@@ -176,7 +178,7 @@ def _diagnose_real(diagnoser: Any, root: Path, out: Path, read_cohort: Any) -> l
             answers.append({"case": rec.case, "truth": rec.diagnosis, "error": str(exc)})
             continue
         doc = result.to_json()
-        (out / f"{rec.case}.json").write_text(json.dumps(doc, allow_nan=False))
+        atomic_write_text(out / f"{rec.case}.json", json.dumps(doc, allow_nan=False))
         slice_strip(result, out / f"{rec.case}_strip.png")
         answers.append(
             {

@@ -6,6 +6,8 @@ The ``Diagnoser`` (load the bundles once, diagnose many studies) lives here too.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,11 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covidct.errors import ConfigError, NotChestCTError
-from covidct.registry import ABNORMAL_FRACTION_THRESHOLD, CLASS_NAMES, TRUNCATE_HEAD, TRUNCATE_TAIL
+from covidct.registry import CLASS_NAMES
 
 if TYPE_CHECKING:
     from covidct.decide import Decision
     from covidct.io.volume import CTVolume
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,12 +74,36 @@ class StudyResult:
 
 
 def lung_volumes_ml(mask: np.ndarray, volume: CTVolume) -> dict[str, float]:
-    """Right and left lung volumes in millilitres."""
-    counts = np.bincount(mask.reshape(-1), minlength=3)
-    return {
-        "right": round(float(counts[1]) * volume.voxel_volume_ml, 1),
-        "left": round(float(counts[2]) * volume.voxel_volume_ml, 1),
-    }
+    """Right and left lung volumes in millilitres, rounded to 0.1 ml (``segment.quality.lung_volumes_ml``)."""
+    from covidct.segment.quality import lung_volumes_ml as volumes
+
+    return {side: round(value, 1) for side, value in volumes(mask, volume.spacing).items()}
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can use it here (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), else ConfigError."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device!r}: covidct runs on cpu or cuda only")
+    return device
+
+
+#: Backends that need calibration slices (int8 quantisation, or the agreement check of auto-reduced).
+CALIBRATED_BACKENDS: tuple[str, ...] = ("onnx-int8", "openvino-int8", "auto-reduced")
+#: At most this many of a study's kept slices (evenly spaced) calibrate a backend lazily.
+LAZY_CALIBRATION_SLICES: int = 64
 
 
 class Diagnoser:
@@ -88,6 +116,12 @@ class Diagnoser:
 
     Only the slices the patient rule keeps are classified unless ``classify_all`` is set (the truncated
     slices never count, so classifying them would only cost time); their probability rows are NaN.
+
+    ``backend`` is a name :func:`covidct.classify.backends.make_runner` accepts. The int8 backends and
+    ``"auto-reduced"`` need calibration slices: the classifier bundle's ``calibration.npy`` when it has one;
+    otherwise the reduced runner is built on the first diagnosed study from up to
+    :data:`LAZY_CALIBRATION_SLICES` of its preprocessed kept slices (logged; the float32 PyTorch runner is not
+    used for any study). Safe to share between threads.
     """
 
     def __init__(
@@ -101,42 +135,67 @@ class Diagnoser:
         workers: int | None = None,
     ) -> None:
         from covidct.bundle import load_pipeline, software_versions
+        from covidct.classify.backends import BACKENDS, unavailable_reason
 
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if backend not in ("auto", "auto-reduced", *BACKENDS):
+            raise ConfigError(
+                f"unknown backend {backend!r}: use one of auto, auto-reduced, {', '.join(BACKENDS)}"
+            )
+        self.device = check_device(device)
+        if backend not in ("auto", "auto-reduced"):
+            reason = unavailable_reason(backend, device)
+            if reason is not None:
+                raise ConfigError(f"backend {backend!r} cannot run here: {reason}")
         self.model_dir = Path(model_dir)
-        self.device = device
         self.batch_size = batch_size
         self.classify_all = classify_all
         self.workers = workers
         self.pipeline = load_pipeline(self.model_dir, device=device)
-        self.backend = self._install_backend(backend)
         rule = self.pipeline.rule
-        self.head = float(rule.get("head", TRUNCATE_HEAD))
-        self.tail = float(rule.get("tail", TRUNCATE_TAIL))
-        self.threshold = float(rule.get("threshold", ABNORMAL_FRACTION_THRESHOLD))
+        self.head = rule["head"]
+        self.tail = rule["tail"]
+        self.threshold = rule["threshold"]
         self._software = software_versions()
+        self._lock = threading.Lock()
+        self._pending: str | None = None
+        self.backend = self._install_backend(backend)
 
     def _install_backend(self, backend: str) -> str:
-        """Swap the classifier's runner for a faster backend where one is available."""
+        """Swap the classifier's runner for the requested backend (or defer it until calibration exists)."""
         classifier = self.pipeline.classifier
         if backend == "torch":
             return "torch"
-        try:
-            from covidct.classify.backends import make_runner
-        except ImportError:
-            if backend != "auto":
-                raise ConfigError(f"backend {backend!r} is not available in this installation") from None
-            return "torch"
-        runner = make_runner(
-            classifier.network,
-            backend=backend,
-            image_size=classifier.image_size,
-            device=self.device,
-            cache_dir=self._cache_dir(),
-        )
+        if backend in CALIBRATED_BACKENDS and classifier.calibration is None:
+            self._pending = backend
+            log.info(
+                "backend %s: the classifier bundle has no calibration.npy; calibrating on the first "
+                "study's kept slices",
+                backend,
+            )
+            return backend
+        runner = classifier.make_runner(backend, cache_dir=self._cache_dir())
         classifier.runner = runner
         return str(getattr(runner, "name", backend))
+
+    def _calibrate_lazily(self, volume: CTVolume, mask: np.ndarray, kept: range) -> None:
+        """Build the pending reduced-precision runner from this study's preprocessed kept slices."""
+        with self._lock:
+            backend = self._pending
+            if backend is None:
+                return
+            classifier = self.pipeline.classifier
+            n = min(len(kept), LAZY_CALIBRATION_SLICES)
+            picks = np.unique(np.linspace(kept.start, kept.stop - 1, n).round().astype(np.int64))
+            calib = classifier.preprocess(volume, mask, picks)
+            log.info(
+                "backend %s: calibrating on %d preprocessed kept slices of this study", backend, len(calib)
+            )
+            runner = classifier.make_runner(backend, calibration=calib, cache_dir=self._cache_dir())
+            classifier.runner = runner
+            self.backend = str(getattr(runner, "name", backend))
+            self._pending = None
 
     def _cache_dir(self) -> Path:
         """Exported/quantised models go beside the weights, or to the user cache if that is read-only."""
@@ -180,6 +239,8 @@ class Diagnoser:
         t = time.perf_counter()
         n = volume.n_slices
         start, stop = kept_range(n, head=self.head, tail=self.tail)
+        if self._pending is not None:
+            self._calibrate_lazily(volume, mask, range(start, stop))
         indices = None if self.classify_all else list(range(start, stop))
         probs = self.pipeline.classifier.predict_volume(
             volume, mask, indices=indices, batch_size=self.batch_size

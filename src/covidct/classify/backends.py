@@ -30,9 +30,8 @@ import hashlib
 import importlib.util
 import logging
 import os
-import tempfile
+import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidct._files import atomic_write
 from covidct.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -147,19 +147,6 @@ def unavailable_reason(backend: str, device: str = "cpu") -> str | None:
     return None
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary name in ``path``'s folder, then rename it to ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def export_onnx(network: nn.Module, *, image_size: int, cache_dir: Path) -> Path:
     """Export ``network`` (float32, CPU) to ONNX with a dynamic batch axis, once per weights hash."""
     in_ch = _in_channels(network)
@@ -184,7 +171,7 @@ def export_onnx(network: nn.Module, *, image_size: int, cache_dir: Path) -> Path
             )
 
     logger.info("exporting the classifier to ONNX: %s", path)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -234,7 +221,7 @@ def quantize_int8(onnx_path: Path, calibration: np.ndarray, *, cache_dir: Path) 
             pre.unlink(missing_ok=True)
 
     logger.info("quantising the classifier to int8 (%d calibration slices): %s", len(calib), path)
-    _atomic_write(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -333,13 +320,18 @@ class OnnxRunner:
 
 @dataclass
 class OpenVinoRunner:
-    """OpenVINO on CPU with an explicit precision hint; one compiled model per batch size (static shapes)."""
+    """OpenVINO on CPU with an explicit precision hint; one compiled model per batch size (static shapes).
+
+    Thread-safe: a compiled model's ``__call__`` reuses one infer request, so calls (and compilation) are
+    serialised by a lock (several service workers may share one runner).
+    """
 
     name: str
     path: Path
     threads: int
     precision: str = "f32"
     _compiled: dict[int, Any] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def _model_for(self, n: int) -> Any:
         if n not in self._compiled:
@@ -360,8 +352,9 @@ class OpenVinoRunner:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         xx = np.ascontiguousarray(x, dtype=np.float32)
-        compiled = self._model_for(len(xx))
-        return np.asarray(compiled(xx)[0], dtype=np.float32)
+        with self._lock:
+            compiled = self._model_for(len(xx))
+            return np.array(compiled(xx)[0], dtype=np.float32, copy=True)
 
 
 def _check_inputs(image_size: int, calibration: np.ndarray | None) -> None:
@@ -384,14 +377,15 @@ def _build(
     device: str,
     calibration: np.ndarray | None,
     cache_dir: Path,
-    threads: int,
+    threads: int | None,
 ) -> Runner:
     reason = unavailable_reason(backend, device)
     if reason is not None:
         raise ModelError(f"backend {backend!r} is not available: {reason}")
     dev = torch.device(device)
     if backend in ("torch", "channels_last", "compile", "bf16"):
-        if dev.type == "cpu":
+        if dev.type == "cpu" and threads is not None:
+            # process-wide: only when the caller asked for a thread count
             torch.set_num_threads(threads)
         net = _cpu_fp32_copy(network).to(dev)
         if backend == "channels_last":
@@ -412,9 +406,10 @@ def _build(
                 f"{image_size}) float32 preprocessed real slices (a few dozen), or use an fp32 backend"
             )
         onnx_path = quantize_int8(onnx_path, calibration, cache_dir=cache_dir)
+    nthreads = threads if threads is not None else cpu_threads()
     if backend.startswith("onnx"):
-        return OnnxRunner(backend, onnx_path, threads)
-    return OpenVinoRunner(backend, onnx_path, threads, precision="f32")
+        return OnnxRunner(backend, onnx_path, nthreads)
+    return OpenVinoRunner(backend, onnx_path, nthreads, precision="f32")
 
 
 def agreement(reference: np.ndarray, candidate: np.ndarray) -> float:
@@ -438,19 +433,21 @@ def make_runner(
 
     ``image_size``: the square input side in pixels. ``calibration``: float32 ``(n, 1, S, S)`` real
     preprocessed slices, needed by int8 backends and by ``"auto-reduced"`` (which checks agreement on them).
-    ``threads``: intra-op threads (default: the cores this process may use). Raises ``ModelError`` when a
-    named backend cannot run here (the message says why and what to install).
+    ``threads``: intra-op threads (default: the cores this process may use for ONNX Runtime / OpenVINO; for
+    PyTorch backends the process-wide ``torch.set_num_threads`` is only called when ``threads`` is given).
+    Raises ``ModelError`` when a named backend cannot run here (the message says why and what to install).
+    ``"auto"`` tries the available float32 backends in the measured order and falls back to the next one
+    (logged) when building one fails, ending with plain PyTorch.
     """
     _check_inputs(image_size, calibration)
     cdir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    nthreads = threads if threads is not None else cpu_threads()
     kw: dict[str, Any] = dict(
-        image_size=image_size, device=device, calibration=calibration, cache_dir=cdir, threads=nthreads
+        image_size=image_size, device=device, calibration=calibration, cache_dir=cdir, threads=threads
     )
     if backend == "auto":
-        return _build(network, auto_backend(device), **kw)
+        return _build_first(network, _auto_candidates(device), **kw)
     if backend == "auto-reduced":
-        fp32 = _build(network, auto_backend(device), **kw)
+        fp32 = _build_first(network, _auto_candidates(device), **kw)
         candidates = ("bf16",) if device.startswith("cuda") else AUTO_REDUCED_CPU_ORDER
         if calibration is None:
             logger.warning("auto-reduced: no calibration slices to check agreement on; using %s", fp32.name)
@@ -458,8 +455,14 @@ def make_runner(
         for name in candidates:
             if unavailable_reason(name, device) is not None:
                 continue
-            cand = _build(network, name, **kw)
-            agree = agreement(fp32(calibration), cand(calibration))
+            try:
+                cand = _build(network, name, **kw)
+                agree = agreement(fp32(calibration), cand(calibration))
+            except Exception as exc:  # a failed export/quantisation/session: try the next candidate
+                logger.warning(
+                    "auto-reduced: %s failed (%s); trying the next backend", name, exc, exc_info=True
+                )
+                continue
             if agree >= AGREEMENT_MIN:
                 logger.info("auto-reduced: %s agrees with float32 on %.4f of slices", name, agree)
                 return cand
@@ -467,6 +470,32 @@ def make_runner(
             return fp32
         return fp32
     return _build(network, backend, **kw)
+
+
+def _auto_candidates(device: str) -> list[str]:
+    """The float32 backends "auto" tries on ``device``, fastest first, always ending with "torch"."""
+    if device.startswith("cuda"):
+        return ["torch"]
+    names = [n for n in AUTO_CPU_ORDER if unavailable_reason(n, device) is None]
+    return names if "torch" in names else [*names, "torch"]
+
+
+def _build_first(network: nn.Module, candidates: list[str], **kw: Any) -> Runner:
+    """Build the first candidate that builds; log each fallback. The last candidate's error propagates."""
+    for i, name in enumerate(candidates):
+        try:
+            return _build(network, name, **kw)
+        except Exception as exc:
+            if i == len(candidates) - 1:
+                raise
+            logger.warning(
+                "auto: backend %s failed (%s); falling back to %s",
+                name,
+                exc,
+                candidates[i + 1],
+                exc_info=True,
+            )
+    raise ModelError("no backend candidates")  # pragma: no cover - candidates is never empty
 
 
 def auto_backend(device: str = "cpu") -> str:

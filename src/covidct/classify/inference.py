@@ -1,4 +1,9 @@
-"""SliceClassifier: load a classifier bundle once, classify the slices of many volumes."""
+"""SliceClassifier: load a classifier bundle once, classify the slices of many volumes.
+
+A classifier bundle may hold calibration slices for int8 backends: ``calibration.npy``, float16
+``(n, 1, S, S)`` preprocessed slices, listed in the card as ``"calibration": {"file": "calibration.npy",
+"n": n}`` (optionally with ``"sha256"``). They are loaded into :attr:`SliceClassifier.calibration`.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covidct.errors import ConfigError, ModelError
+from covidct.errors import ModelError
 from covidct.preprocess import classifier_inputs
 from covidct.registry import LUNG_WINDOW, NUM_CLASSES, Window
 
@@ -23,36 +28,10 @@ log = logging.getLogger(__name__)
 Runner = Callable[[np.ndarray], np.ndarray]
 
 
-class TorchRunner:
-    """Plain PyTorch inference: ``(n, 1, S, S)`` float32 -> logits ``(n, classes)`` float32."""
-
-    name = "torch"
-
-    def __init__(self, network: nn.Module, *, device: str = "cpu") -> None:
-        self.network = network
-        self.device = device
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        import torch
-
-        self.network.eval()
-        with torch.inference_mode():
-            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
-            return self.network(t).float().cpu().numpy()
-
-
 def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(z)
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
-
-
-def parse_card_window(card: dict[str, Any]) -> Window:
-    pre = dict(card.get("preprocessing", {}))
-    w = dict(pre.get("window", {}))
-    if not w:
-        return LUNG_WINDOW
-    return Window(float(w["level"]), float(w["width"]))
 
 
 class SliceClassifier:
@@ -60,7 +39,8 @@ class SliceClassifier:
 
     ``network`` is the torch module (eval mode; for Grad-CAM), ``image_size`` the square input side in pixels,
     ``window`` the HU window, ``card`` the bundle card, ``runner`` the callable that turns preprocessed inputs
-    into logits (a faster backend may replace it).
+    into logits (a faster backend may replace it; see :func:`covidct.classify.backends.make_runner`),
+    ``calibration`` float32 ``(n, 1, S, S)`` preprocessed slices for int8 backends, or ``None``.
     """
 
     def __init__(
@@ -72,27 +52,31 @@ class SliceClassifier:
         card: dict[str, Any] | None = None,
         device: str = "cpu",
         backend: str = "torch",
+        calibration: np.ndarray | None = None,
     ) -> None:
         self.network = network.to(device).eval()
         self.image_size = int(image_size)
         self.window = window
         self.card: dict[str, Any] = dict(card or {})
         self.device = device
-        self.runner: Runner = self._make_runner(backend)
+        self.calibration: np.ndarray | None = (
+            None if calibration is None else np.ascontiguousarray(calibration, dtype=np.float32)
+        )
+        self.runner: Runner = self.make_runner(backend)
 
-    def _make_runner(self, backend: str) -> Runner:
-        if backend == "torch":
-            return TorchRunner(self.network, device=self.device)
-        try:
-            from covidct.classify.backends import make_runner
-        except ImportError:
-            if backend == "auto":
-                return TorchRunner(self.network, device=self.device)
-            raise ConfigError(
-                f"backend {backend!r} needs covidct.classify.backends; use backend='torch'"
-            ) from None
+    def make_runner(self, backend: str, *, calibration: np.ndarray | None = None, **kwargs: Any) -> Runner:
+        """A runner for this network (``covidct.classify.backends.make_runner``); ``calibration`` defaults to
+        the bundle's calibration slices."""
+        from covidct.classify.backends import make_runner
+
+        calib = self.calibration if calibration is None else calibration
         runner: Runner = make_runner(
-            self.network, backend=backend, image_size=self.image_size, device=self.device
+            self.network,
+            backend=backend,
+            image_size=self.image_size,
+            device=self.device,
+            calibration=calib,
+            **kwargs,
         )
         return runner
 
@@ -101,32 +85,51 @@ class SliceClassifier:
         cls, directory: str | Path, *, device: str = "cpu", backend: str = "torch"
     ) -> SliceClassifier:
         """Load a classifier bundle (``model.json`` + ``weights.safetensors``), checking compatibility."""
-        from covidct.bundle import load_component, load_state_checked
+        from covidct.bundle import CARD_NAME, card_int, card_window, load_component, load_state_checked
         from covidct.classify.networks import ARCHITECTURES, build_classifier
 
         directory = Path(directory)
+        where = directory / CARD_NAME
         card, state = load_component(directory, kind="classifier")
-        arch = dict(card.get("architecture", {}))
+        arch = card.get("architecture")
+        if not isinstance(arch, dict):
+            raise ModelError(f"{where}: architecture must be an object with a name, got {arch!r}")
         name = str(arch.get("name", ""))
         if name not in ARCHITECTURES:
             raise ModelError(
-                f"{directory / 'model.json'}: architecture {name!r} is not one this covidct builds "
-                f"({', '.join(ARCHITECTURES)})"
+                f"{where}: architecture {name!r} is not one this covidct builds ({', '.join(ARCHITECTURES)})"
             )
-        if int(arch.get("conv1_t_stride", 2)) != 2 or int(arch.get("conv1_t_size", 7)) != 7:
+        a = "architecture."
+        if card_int(arch, "conv1_t_stride", 2, where=where, prefix=a) != 2 or (
+            card_int(arch, "conv1_t_size", 7, where=where, prefix=a) != 7
+        ):
+            raise ModelError(f"{where}: only conv1 size 7 / stride 2 ResNets are supported")
+        if card_int(arch, "num_classes", NUM_CLASSES, where=where, prefix=a) != NUM_CLASSES:
+            raise ModelError(f"{where}: num_classes must be {NUM_CLASSES}")
+        in_channels = card_int(arch, "in_channels", 1, where=where, prefix=a)
+        if in_channels != 1:
             raise ModelError(
-                f"{directory / 'model.json'}: only conv1 size 7 / stride 2 ResNets are supported"
+                f"{where}: in_channels is {in_channels}, but covidct feeds the classifier one lung-window "
+                "channel per slice; retrain with in_channels 1"
             )
-        if int(arch.get("num_classes", NUM_CLASSES)) != NUM_CLASSES:
-            raise ModelError(f"{directory / 'model.json'}: num_classes must be {NUM_CLASSES}")
-        net = build_classifier(name, in_channels=int(arch.get("in_channels", 1)))
+        net = build_classifier(name, in_channels=1)
         load_state_checked(net, state, where=directory)
-        pre = dict(card.get("preprocessing", {}))
-        size = int(pre.get("image_size", 0))
+        pre = card.get("preprocessing") or {}
+        if not isinstance(pre, dict):
+            raise ModelError(f"{where}: preprocessing must be an object, got {pre!r}")
+        size = card_int(pre, "image_size", 0, where=where, prefix="preprocessing.")
         if size < 32:
-            raise ModelError(f"{directory / 'model.json'}: preprocessing.image_size missing or < 32")
+            raise ModelError(f"{where}: preprocessing.image_size missing or < 32")
+        window = card_window(card, default=LUNG_WINDOW, where=where)
+        calibration = load_calibration(directory, card, image_size=size)
         return cls(
-            net, image_size=size, window=parse_card_window(card), card=card, device=device, backend=backend
+            net,
+            image_size=size,
+            window=window,
+            card=card,
+            device=device,
+            backend=backend,
+            calibration=calibration,
         )
 
     def preprocess(
@@ -164,3 +167,45 @@ class SliceClassifier:
             chunk = idx[i : i + step]
             probs[chunk] = self.predict_inputs(self.preprocess(volume, mask, chunk), batch_size=step)
         return probs
+
+
+def load_calibration(directory: Path, card: dict[str, Any], *, image_size: int) -> np.ndarray | None:
+    """The bundle's calibration slices as float32 ``(n, 1, S, S)``, or ``None`` when the card lists none.
+
+    A listed file that is missing, unreadable, misshaped or (when the card gives ``sha256``) altered raises
+    :class:`ModelError` naming it.
+    """
+    from covidct.bundle import CARD_NAME, file_sha256
+
+    entry = card.get("calibration")
+    if entry is None:
+        return None
+    where = directory / CARD_NAME
+    if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+        raise ModelError(f"{where}: calibration must be {{'file': 'calibration.npy', 'n': n}}, got {entry!r}")
+    path = directory / entry["file"]
+    if path.name != entry["file"] or not path.is_file():
+        raise ModelError(f"{path} is listed in {where} but missing: restore the bundle folder or retrain")
+    expected = entry.get("sha256")
+    if expected is not None and file_sha256(path) != expected:
+        raise ModelError(f"{path}: content does not match the sha256 in {where}; restore it or retrain")
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path} cannot be read as a .npy array ({exc}); restore it or retrain") from None
+    n = entry.get("n")
+    if (
+        arr.ndim != 4
+        or arr.shape[1:] != (1, image_size, image_size)
+        or len(arr) == 0
+        or (n is not None and n != len(arr))
+        or not np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ModelError(
+            f"{path}: calibration slices must be float (n, 1, {image_size}, {image_size}) with n = {n}, got "
+            f"{arr.dtype} {arr.shape}; restore it or retrain"
+        )
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise ModelError(f"{path}: calibration slices hold NaN or infinite values; restore it or retrain")
+    return out

@@ -27,13 +27,18 @@ def register(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from covidct.cli._common import show_progress
     from covidct.demo import DemoSettings, run_demo
     from covidct.registry import DISPLAY_NAMES, class_index
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     settings = replace(settings, seed=args.seed)
     summary = run_demo(
-        args.output, real=args.real, settings=settings, device=args.device, progress=not args.no_progress
+        args.output,
+        real=args.real,
+        settings=settings,
+        device=args.device,
+        progress=show_progress(args.no_progress),
     )
     acc = summary["overall_accuracy"]
     out = summary["out_dir"]

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from covidct.cli._common import show_progress, study_stem
 from covidct.errors import ConfigError, CovidCTError
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,12 @@ def register(sub: Any) -> None:
     p.add_argument("-o", "--output", metavar="OUT_DIR", help="write <study>.json (and pictures) here")
     p.add_argument("--json", action="store_true", help="print each study's JSON document on stdout")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--backend", default="auto", help="classifier backend: auto, torch, onnx, ...")
+    p.add_argument(
+        "--backend",
+        default="auto",
+        help="classifier backend: auto, auto-reduced, torch, onnx, onnx-int8, openvino, openvino-int8, ... "
+        "(int8 calibrates on the model's calibration.npy, else on the first study)",
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: cores)")
     p.add_argument("--classify-all", action="store_true", help="also classify the slices the rule drops")
@@ -45,20 +51,17 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def study_stem(path: str) -> str:
-    """A file-name-safe name for a study's outputs, from its path."""
-    name = Path(path.rstrip("/")).name or "study"
-    for suffix in (".nii.gz", ".nii", ".zip", ".nrrd", ".mha", ".dcm"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
-
-
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(doc, indent=1, allow_nan=False))
-    tmp.replace(path)
+    from covidct._files import atomic_write_text
+
+    atomic_write_text(path, json.dumps(doc, indent=1, allow_nan=False))
+
+
+def _is_zip(source: str) -> bool:
+    import zipfile
+
+    path = Path(source)
+    return source.lower().endswith(".zip") or (path.is_file() and zipfile.is_zipfile(path))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,10 +72,18 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out_dir = Path(args.output) if args.output else None
-    if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    elif args.report or args.dicom_seg or args.save_mask:
+    if out_dir is None and (args.report or args.dicom_seg or args.save_mask):
         raise ConfigError("--report, --dicom-seg and --save-mask write files: give an output folder with -o")
+    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"-o {out_dir}: this is a file, not a folder; give a folder for the outputs")
+    if args.dicom_seg:
+        zips = [s for s in args.inputs if _is_zip(s)]
+        if zips:
+            raise ConfigError(
+                f"--dicom-seg needs the DICOM files on disk, but {zips[0]} is a zip: extract it and pass "
+                "the folder, or leave out --dicom-seg"
+            )
+    progress = show_progress(args.no_progress)
     diagnoser = Diagnoser(
         args.model,
         device=args.device,
@@ -81,12 +92,14 @@ def run(args: argparse.Namespace) -> int:
         classify_all=args.classify_all,
         workers=args.workers,
     )
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
-    bar = tqdm(args.inputs, desc="studies", unit="study", disable=args.no_progress or len(args.inputs) < 2)
+    bar = tqdm(args.inputs, desc="studies", unit="study", disable=not progress or len(args.inputs) < 2)
     used_stems: set[str] = set()
     for source in bar:
         try:
-            result = diagnoser.diagnose(source)
+            result = diagnoser.diagnose(source, progress=progress)
         except CovidCTError as exc:
             failures += 1
             tqdm.write(f"{source}: FAILED: {exc}", file=sys.stderr)

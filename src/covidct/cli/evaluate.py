@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
+from covidct.cli._common import show_progress
 from covidct.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ def register(sub: Any) -> None:
         "--bootstrap", type=int, default=1000, metavar="N", help="AUC bootstrap resamples (default 1000)"
     )
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (with --data)")
     p.set_defaults(func=run)
 
 
@@ -63,16 +64,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         if not args.model:
             raise ConfigError("--data needs --model MODEL_DIR (the pipeline folder to diagnose with)")
-        try:  # imported by name: the cohort runner belongs to the diagnosis stage
-            cohort = importlib.import_module("covidct.evaluate.cohort")
-        except ModuleNotFoundError as exc:
-            if exc.name != "covidct.evaluate.cohort":
-                raise
-            raise ConfigError(
-                "evaluating a cohort (--data) is not available in this version; diagnose the studies and "
-                "pass --predictions preds.csv instead"
-            ) from exc
-        metrics = cohort.evaluate_cohort(args.data, args.model, out, device=args.device)
+        from covidct.evaluate.cohort import evaluate_cohort
+
+        metrics = evaluate_cohort(
+            args.data,
+            args.model,
+            out,
+            device=args.device,
+            progress=show_progress(args.no_progress),
+            n_boot=args.bootstrap,
+            seed=args.seed,
+        )
     if sys.stdout is not None:
         _print_summary(metrics, out)
     return 0

@@ -53,13 +53,10 @@ def evaluate_cohort(
     truncation. Writes ``studies/<case>.json`` per study, ``metrics.json``, ``summary.md``, confusion
     matrices and slice strips (see ``strips``); returns the metrics, with ``failures`` listing studies that
     could not be diagnosed (they are reported and left out, the others still count).
+    The diagnoser's ``classify_all`` is restored afterwards; the ablation uses the diagnoser's rule
+    parameters. A study that fails for any reason is logged and listed in ``failures``.
     """
-    from tqdm import tqdm
-
-    from covidct.data.records import slice_classes
     from covidct.diagnose import Diagnoser
-    from covidct.evaluate.report import write_evaluation
-    from covidct.report.strip import slice_strip
 
     if strips not in STRIP_CHOICES:
         raise ValueError(f"strips must be one of {STRIP_CHOICES}, got {strips!r}")
@@ -68,10 +65,43 @@ def evaluate_cohort(
         if model_dir is None:
             raise ValueError("give model_dir or a diagnoser")
         diagnoser = Diagnoser(model_dir, device=device, backend=backend, classify_all=True)
-    elif not diagnoser.classify_all:
+    saved_classify_all = diagnoser.classify_all
+    if not saved_classify_all:
         log.info("classifying every slice for the ablation (classify_all)")
-        diagnoser.classify_all = True
-    out = Path(out_dir)
+    diagnoser.classify_all = True
+    try:
+        return _evaluate(
+            records,
+            diagnoser,
+            Path(out_dir),
+            data_dir,
+            strips=strips,
+            progress=progress,
+            n_boot=n_boot,
+            seed=seed,
+        )
+    finally:
+        diagnoser.classify_all = saved_classify_all
+
+
+def _evaluate(
+    records: list[StudyRecord],
+    diagnoser: Diagnoser,
+    out: Path,
+    data_dir: str | Path,
+    *,
+    strips: str,
+    progress: bool,
+    n_boot: int,
+    seed: int,
+) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from covidct._files import atomic_write_text
+    from covidct.data.records import slice_classes
+    from covidct.evaluate.report import write_evaluation
+    from covidct.report.strip import slice_strip
+
     (out / "studies").mkdir(parents=True, exist_ok=True)
     predictions: list[tuple[str, str, Any]] = []
     slice_records: list[tuple[str, list[int], list[int]]] = []
@@ -81,20 +111,26 @@ def evaluate_cohort(
     for rec in tqdm(records, desc="diagnosing", unit="study", disable=not progress):
         try:
             result = diagnoser.diagnose(rec.path)
+            truth = slice_classes(rec, result.volume.n_slices)
+            doc = result.to_json()
+            doc["case"], doc["truth"] = rec.case, rec.diagnosis
+            atomic_write_text(out / "studies" / f"{rec.case}.json", json.dumps(doc, allow_nan=False))
+            if strips == "all" or (strips == "first_per_class" and rec.diagnosis not in drawn):
+                slice_strip(result, out / "strips" / f"{rec.case}_{rec.diagnosis}.png")
+                drawn.add(rec.diagnosis)
         except CovidCTError as exc:
             log.warning("%s: not diagnosed: %s", rec.case, exc)
             failures.append({"case": rec.case, "error": str(exc)})
             continue
+        except Exception as exc:  # one broken study must not abort hours of work
+            log.error(
+                "%s: not diagnosed (unexpected %s): %s", rec.case, type(exc).__name__, exc, exc_info=True
+            )
+            failures.append({"case": rec.case, "error": f"{type(exc).__name__}: {exc}"})
+            continue
         predictions.append((rec.case, rec.diagnosis, result))
-        truth = slice_classes(rec, result.volume.n_slices)
         if truth is not None:
             slice_records.append((rec.case, truth.tolist(), list(result.decision.slice_predictions)))
-        doc = result.to_json()
-        doc["case"], doc["truth"] = rec.case, rec.diagnosis
-        (out / "studies" / f"{rec.case}.json").write_text(json.dumps(doc, allow_nan=False))
-        if strips == "all" or (strips == "first_per_class" and rec.diagnosis not in drawn):
-            slice_strip(result, out / "strips" / f"{rec.case}_{rec.diagnosis}.png")
-            drawn.add(rec.diagnosis)
     total = time.perf_counter() - t0
     if not predictions:
         raise InputError(f"{data_dir}: no study could be diagnosed ({len(failures)} failed)")
@@ -103,6 +139,7 @@ def evaluate_cohort(
         out,
         slice_records=slice_records or None,
         timing={"total_s": total},
+        rule={"head": diagnoser.head, "tail": diagnoser.tail, "threshold": diagnoser.threshold},
         n_boot=n_boot,
         seed=seed,
     )

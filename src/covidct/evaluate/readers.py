@@ -19,7 +19,6 @@ import csv
 import json
 import logging
 import math
-import os
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from covidct._files import atomic_write_text
 from covidct.errors import InputError
 from covidct.evaluate.metrics import (
     cohen_kappa,
@@ -244,7 +244,5 @@ def write_readers(
         ("readers.md", readers_markdown(result)),
         ("readers.json", json.dumps(result, indent=2, allow_nan=False) + "\n"),
     ):
-        tmp = out / f".{name}.tmp"
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out / name)
+        atomic_write_text(out / name, text)
     return result

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from covidct._files import atomic_write_text
 from covidct.evaluate.ablation import ablation_markdown, ablation_table
 from covidct.evaluate.metrics import RATE_NAMES, classification_summary
 from covidct.evaluate.plots import confusion_matrix_png
@@ -41,12 +41,6 @@ __all__ = ["metrics_markdown", "write_evaluation"]
 log = logging.getLogger(__name__)
 
 SliceRecord = tuple[str, Sequence[int], Sequence[int]]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _slice_pairs(
@@ -150,6 +144,7 @@ def write_evaluation(
     *,
     slice_records: Iterable[SliceRecord] | None = None,
     timing: Mapping[str, Any] | None = None,
+    rule: Mapping[str, float] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -160,7 +155,12 @@ def write_evaluation(
     ``slice_records``: ``(case, slice_truth, slice_predictions)`` label sequences (``-1`` = skip), overriding
     the records' own ``slice_truth``. ``timing``: optional ``{"total_s": float, "per_study_s": {case: s}}``
     (per-study times otherwise come from the records). AUC uses the records' scores when all have them.
+    ``rule``: the patient-rule parameters ``{"head", "tail", "threshold"}`` the Table 2 ablation re-applies
+    (those the diagnoses were made with, e.g. the model card's; registry defaults when ``None``).
     """
+    from covidct.bundle import check_rule
+
+    params = check_rule(dict(rule) if rule is not None else {}, where="write_evaluation", error=ValueError)
     recs = to_records(records)
     if not recs:
         raise ValueError("no records to evaluate")
@@ -186,7 +186,7 @@ def write_evaluation(
         confusion_matrix_png(
             np.array(slice_summary["confusion_matrix"]), out / files["confusion_slice"], title="Slices"
         )
-    ablation = ablation_table(recs)
+    ablation = ablation_table(recs, head=params["head"], tail=params["tail"], threshold=params["threshold"])
     time_info = _timing(recs, timing)
     metrics: dict[str, Any] = {
         "classes": list(CLASS_NAMES),
@@ -224,7 +224,7 @@ def write_evaluation(
     if slice_summary is not None:
         md += [metrics_markdown(slice_summary, title="Slice level")]
     md += ["## Diagnosis time", "", _timing_markdown(time_info)]
-    _atomic_write_text(out / files["summary"], "\n".join(md))
-    _atomic_write_text(out / files["metrics"], text + "\n")
+    atomic_write_text(out / files["summary"], "\n".join(md))
+    atomic_write_text(out / files["metrics"], text + "\n")
     log.info("evaluation written to %s (accuracy %s)", out, _fmt(patient["overall_accuracy"]))
     return json.loads(text)

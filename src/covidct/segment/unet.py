@@ -64,23 +64,31 @@ class UNetSegmenter:
     @classmethod
     def from_bundle(cls, directory: str | Path, *, device: str = "cpu", batch_size: int = 4) -> UNetSegmenter:
         """Load a segmenter bundle written by ``covidct train segmenter``."""
-        from covidct.bundle import load_component, load_state_checked
+        from covidct.bundle import CARD_NAME, card_int, card_window, load_component, load_state_checked
 
         directory = Path(directory)
+        where = directory / CARD_NAME
         card, state = load_component(directory, kind="segmenter")
-        arch = dict(card.get("architecture", {}))
-        if arch.get("name") != "basic_unet":
-            raise ModelError(
-                f"{directory / 'model.json'}: architecture {arch.get('name')!r} is not 'basic_unet'"
-            )
-        net = build_segmenter(features=arch.get("features", DEFAULT_FEATURES), num_classes=3)
+        arch = card.get("architecture")
+        if not isinstance(arch, dict) or arch.get("name") != "basic_unet":
+            name = arch.get("name") if isinstance(arch, dict) else arch
+            raise ModelError(f"{where}: architecture {name!r} is not 'basic_unet'")
+        features = arch.get("features", DEFAULT_FEATURES)
+        try:
+            feats = tuple(int(f) for f in features)
+        except (TypeError, ValueError):
+            feats = ()
+        if len(feats) != 6 or min(feats) < 1:
+            raise ModelError(f"{where}: architecture.features must be 6 positive integers, got {features!r}")
+        net = build_segmenter(features=feats, num_classes=3)
         load_state_checked(net, state, where=directory)
-        pre = dict(card.get("preprocessing", {}))
-        w = dict(pre.get("window", {}))
-        window = Window(float(w["level"]), float(w["width"])) if w else SEGMENTER_WINDOW
-        size = int(pre.get("image_size", SEGMENTER_IMAGE_SIZE))
-        if size % 16:
-            raise ModelError(f"{directory / 'model.json'}: image_size {size} is not a multiple of 16")
+        pre = card.get("preprocessing") or {}
+        if not isinstance(pre, dict):
+            raise ModelError(f"{where}: preprocessing must be an object, got {pre!r}")
+        window = card_window(card, default=SEGMENTER_WINDOW, where=where)
+        size = card_int(pre, "image_size", SEGMENTER_IMAGE_SIZE, where=where, prefix="preprocessing.")
+        if size < 16 or size % 16:
+            raise ModelError(f"{where}: image_size {size} is not a positive multiple of 16")
         return cls(net, image_size=size, window=window, card=card, device=device, batch_size=batch_size)
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
