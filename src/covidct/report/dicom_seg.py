@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covidct import __version__
+from covidct._files import atomic_write
 from covidct.errors import InputError
 
 if TYPE_CHECKING:
@@ -237,16 +238,12 @@ def write_dicom_seg(
         series_description="covidct lung mask (research use only)",
         omit_empty_frames=False,
     )
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    seg.save_as(tmp)
-    try:
+
+    def save_and_verify(tmp: Path) -> None:
+        seg.save_as(tmp)
         verify_dicom_seg(tmp, frames, datasets)
-    except Exception:
-        tmp.unlink(missing_ok=True)
-        raise
-    tmp.replace(out)
+
+    out = atomic_write(out_path, save_and_verify)
     log.debug("wrote DICOM SEG %s (%d frames)", out.name, frames.shape[0] * len(SEGMENTS))
     return out
 

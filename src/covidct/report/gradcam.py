@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,7 @@ class SliceExplainer:
 
     @classmethod
     def from_diagnoser(cls, diagnoser: Any, *, target_layer: str = TARGET_LAYER) -> SliceExplainer:
-        """From a ``Diagnoser`` (its ``pipeline.classifier``)."""
+        """A new explainer from a ``Diagnoser`` (its ``pipeline.classifier``); see also :func:`explainer_for`."""
         return cls.from_classifier(diagnoser.pipeline.classifier, target_layer=target_layer)
 
     def maps_for_inputs(self, inputs: np.ndarray, *, class_idx: Sequence[int] | None = None) -> np.ndarray:
@@ -109,10 +110,11 @@ class SliceExplainer:
         import torch
         import torch.nn.functional as F
 
+        from covidct.report.images import check_index
+
         idx = [int(i) for i in indices]
         for i in idx:
-            if not 0 <= i < volume.n_slices:
-                raise IndexError(f"slice index {i} is outside 0..{volume.n_slices - 1}")
+            check_index(volume.n_slices, i)
         if not idx:
             return np.zeros((0, volume.shape[1], volume.shape[2]), dtype=np.float32)
         inputs = np.asarray(self.preprocess(volume, mask, indices=idx), dtype=np.float32)
@@ -123,3 +125,39 @@ class SliceExplainer:
         if lung_only:
             out *= np.asarray(mask)[idx] > 0
         return out
+
+
+# One explainer per diagnoser: building one deep-copies the network, too costly to repeat for every report.
+# Keyed by id(diagnoser); the weak reference tells a live entry from a reused id, and a finalizer drops the
+# entry when the diagnoser goes away. The entry also remembers the classifier it was built from, so swapping
+# ``diagnoser.pipeline.classifier`` gives a fresh explainer.
+_CACHE: dict[int, tuple[weakref.ref[Any], Any, SliceExplainer]] = {}
+_CACHE_LOCK = threading.Lock()
+
+
+def _forget(key: int) -> None:
+    with _CACHE_LOCK:
+        _CACHE.pop(key, None)
+
+
+def explainer_for(diagnoser: Any) -> SliceExplainer:
+    """The Grad-CAM explainer of ``diagnoser.pipeline.classifier`` at :data:`TARGET_LAYER`, built once.
+
+    Later calls with the same diagnoser (and the same classifier) return the same explainer; it is thread-safe
+    and is released with the diagnoser. Objects that cannot be weakly referenced get a new explainer per call.
+    """
+    classifier = diagnoser.pipeline.classifier
+    key = id(diagnoser)
+    with _CACHE_LOCK:
+        entry = _CACHE.get(key)
+        if entry is not None and entry[0]() is diagnoser and entry[1] is classifier:
+            return entry[2]
+        explainer = SliceExplainer.from_classifier(classifier)
+        try:
+            ref = weakref.ref(diagnoser)
+        except TypeError:
+            return explainer
+        _CACHE[key] = (ref, classifier, explainer)
+    if entry is None or entry[0]() is not diagnoser:
+        weakref.finalize(diagnoser, _forget, key)
+    return explainer

@@ -1,7 +1,7 @@
 """The per-study HTML report: one self-contained file (images inlined as base64 PNG, no external assets).
 
 Contents: the diagnosis and per-class mean slice probabilities, the rule trace in words, the slice strip
-(``covidct.report.strip`` when installed, else a probability plot), a mosaic of the slices that drove the
+(``covidct.report.strip``), a mosaic of the slices that drove the
 decision with Grad-CAM heat maps (when a model is given), lung volumes, the model identity and software
 versions, and the statement that this is a research tool, not a medical device. Patient name, ID and the
 input path appear only with ``show_phi=True``.
@@ -9,9 +9,7 @@ input path appear only with ``show_phi=True``.
 
 from __future__ import annotations
 
-import dataclasses
 import html
-import importlib
 import logging
 import tempfile
 from datetime import datetime, timezone
@@ -20,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covidct._files import atomic_write_text
 from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
 from covidct.report.images import (
     composite,
@@ -67,45 +66,19 @@ def mean_probabilities(result: StudyResult) -> dict[str, float]:
     return {name: float(means[i]) for i, name in enumerate(CLASS_NAMES)}
 
 
-def probability_plot_png(result: StudyResult) -> bytes:
-    """Per-slice class probabilities along z with the kept range shaded (used when no slice strip exists)."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    probs = np.asarray(result.probabilities, dtype=np.float64)
-    fig = Figure(figsize=(9, 2.8), dpi=100)
-    ax = fig.add_subplot(1, 1, 1)
-    start, stop = result.decision.kept
-    ax.axvspan(start - 0.5, stop - 0.5, color="#e8e8e8", label="kept by the rule")
-    x = np.arange(probs.shape[0])
-    for i, name in enumerate(DISPLAY_NAMES):
-        ax.plot(x, probs[:, i], label=name, color=("#4c72b0", "#dd8452", "#c44e52")[i], lw=1.4)
-    ax.set_xlim(-0.5, max(0.5, probs.shape[0] - 0.5))
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("slice (0 = most superior)")
-    ax.set_ylabel("probability")
-    ax.legend(loc="upper right", fontsize=8, ncol=4)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
-
-
 def strip_png(result: StudyResult, *, show_phi: bool) -> tuple[bytes, str]:
-    """The slice strip from ``covidct.report.strip`` if it exists, else our probability plot.
+    """The slice strip (:func:`covidct.report.strip.slice_strip`) as PNG bytes and its caption.
 
-    Without ``show_phi`` the strip gets a copy of the result whose input path is blanked (paths often hold
-    patient names, and the strip may print the input in its title).
+    Its title is the diagnosis; the input's name is added only with ``show_phi`` (paths often hold patient
+    names).
     """
-    if not show_phi:
-        result = dataclasses.replace(result, input="study")
-    try:
-        strip = importlib.import_module("covidct.report.strip")
-    except ImportError:
-        return probability_plot_png(result), "Per-slice probabilities (slice strip not installed)"
+    from covidct.report.strip import default_title, slice_strip
+
+    title = default_title(result)
+    if show_phi:
+        title = f"{Path(result.input).name or result.input}: {title}"
     with tempfile.TemporaryDirectory(prefix="covidct-report-") as tmp:
-        path = Path(strip.slice_strip(result, Path(tmp) / "strip.png"))
+        path = slice_strip(result, Path(tmp) / "strip.png", title=title)
         return path.read_bytes(), "Slice strip: thumbnails along z and per-slice probabilities"
 
 
@@ -254,17 +227,14 @@ def write_report(
     """Write the self-contained HTML report of one study; returns the path.
 
     Grad-CAM heat maps are drawn when ``explainer`` is given, or made from ``diagnoser.pipeline.classifier``
-    when a ``diagnoser`` is given. The file is written under a temporary name and renamed.
+    when a ``diagnoser`` is given (one explainer per diagnoser, built on first use and reused: see
+    :func:`covidct.report.gradcam.explainer_for`). The file appears whole or not at all (atomic rename).
     """
     if explainer is None and diagnoser is not None:
-        from covidct.report.gradcam import SliceExplainer
+        from covidct.report.gradcam import explainer_for
 
-        explainer = SliceExplainer.from_diagnoser(diagnoser)
+        explainer = explainer_for(diagnoser)
     text = render_report(result, explainer=explainer, show_phi=show_phi, mosaic_slices=mosaic_slices)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(out)
+    out = atomic_write_text(out_path, text)
     log.debug("wrote report %s", out.name)
     return out

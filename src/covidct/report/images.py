@@ -15,14 +15,22 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from covidct.preprocess import window_uint8
-from covidct.registry import CLASS_NAMES, LUNG_WINDOW, Window
+from covidct.registry import CLASS_NAMES, LUNG_WINDOW, LungLabel, Window
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
     from covidct.io.volume import CTVolume
 
-#: RGBA colour per lung label (0 = background is transparent).
-MASK_COLOURS: dict[int, tuple[int, int, int, int]] = {1: (40, 140, 255, 110), 2: (40, 220, 90, 110)}
+#: RGB colour per lung label, the one palette of every covidct picture (report, strip, overlay mosaic,
+#: service overlays): right lung (label 1) blue, left lung (label 2) green.
+LUNG_COLOURS: dict[int, tuple[int, int, int]] = {
+    int(LungLabel.RIGHT): (40, 140, 255),
+    int(LungLabel.LEFT): (40, 220, 90),
+}
+#: Opacity (0-255) of the lung tint in the transparent mask overlays.
+MASK_ALPHA = 110
+#: RGBA colour per lung label of the transparent overlays (0 = background is transparent).
+MASK_COLOURS: dict[int, tuple[int, int, int, int]] = {k: (*v, MASK_ALPHA) for k, v in LUNG_COLOURS.items()}
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from covidct._files import atomic_write
 from covidct.io.volume import CTVolume
-from covidct.registry import LUNG_WINDOW, LungLabel, Window
+from covidct.preprocess import window_uint8
+from covidct.registry import LUNG_WINDOW, Window
+from covidct.report.images import LUNG_COLOURS
 
-#: RGB colours of the mask labels: right lung red, left lung blue (as a reader sees them: the patient's right
-#: lung is on the viewer's left in a standard axial image).
-LABEL_COLOURS: dict[int, tuple[int, int, int]] = {
-    int(LungLabel.RIGHT): (230, 60, 50),
-    int(LungLabel.LEFT): (50, 120, 240),
-}
+#: RGB colours of the mask labels: the project's one palette (:data:`covidct.report.images.LUNG_COLOURS`).
+LABEL_COLOURS: dict[int, tuple[int, int, int]] = LUNG_COLOURS
 
 
 def overlay_mosaic(
@@ -75,7 +73,7 @@ def pick_slices(mask: np.ndarray, n: int) -> list[int]:
 
 
 def _tile(hu: np.ndarray, mask: np.ndarray, *, alpha: float, window: Window) -> np.ndarray:
-    grey = np.clip((hu.astype(np.float32) - window.low) / window.width, 0.0, 1.0) * 255.0
+    grey = window_uint8(hu, window).astype(np.float32)
     rgb = np.repeat(grey[..., None], 3, axis=2)
     for value, colour in LABEL_COLOURS.items():
         region = mask == value
@@ -91,10 +89,4 @@ def _tile(hu: np.ndarray, mask: np.ndarray, *, alpha: float, window: Window) -> 
 def _write_png(image: np.ndarray, path: Path) -> None:
     from PIL import Image
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.partial.png")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    atomic_write(path, lambda tmp: Image.fromarray(image).save(tmp, format="PNG"))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from covidct import __version__
+from covidct._files import atomic_write
 from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
 from covidct.report.html import (
     DISCLAIMER,
@@ -67,20 +68,36 @@ def write_pdf(
     show_phi: bool = False,
     mosaic_slices: int = 6,
 ) -> Path:
-    """Write the two-page PDF report of one study; returns the path (written under a temporary name)."""
+    """Write the two-page PDF report of one study; returns the path.
+
+    Grad-CAM heat maps come from ``explainer``, or from ``diagnoser`` (one explainer per diagnoser, reused:
+    :func:`covidct.report.gradcam.explainer_for`). The file appears whole or not at all (atomic rename).
+    """
+    if explainer is None and diagnoser is not None:
+        from covidct.report.gradcam import explainer_for
+
+        explainer = explainer_for(diagnoser)
+    return atomic_write(
+        out_path,
+        lambda tmp: _render(result, tmp, explainer=explainer, show_phi=show_phi, mosaic_slices=mosaic_slices),
+    )
+
+
+def _render(
+    result: StudyResult,
+    tmp: Path,
+    *,
+    explainer: SliceExplainer | None,
+    show_phi: bool,
+    mosaic_slices: int,
+) -> None:
+    """Draw both pages into ``tmp`` (the temporary file :func:`write_pdf` renames into place)."""
     from matplotlib.backends.backend_pdf import PdfPages
     from matplotlib.figure import Figure
     from PIL import Image
 
-    if explainer is None and diagnoser is not None:
-        from covidct.report.gradcam import SliceExplainer
-
-        explainer = SliceExplainer.from_diagnoser(diagnoser)
     d = result.decision
     cls = CLASS_NAMES.index(d.diagnosis)
-    out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.partial")
     meta = {"Title": f"covidct study report: {DISPLAY_NAMES[cls]}", "Creator": f"covidct {__version__}"}
     with PdfPages(tmp, metadata=meta) as pdf:
         page = Figure(figsize=A4)
@@ -121,5 +138,3 @@ def write_pdf(
             tile_ax.set_title(tile_caption, fontsize=8)
         page.text(0.07, 0.015, DISCLAIMER, fontsize=6.5, wrap=True)
         pdf.savefig(page)
-    tmp.replace(out)
-    return out
