@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -94,3 +95,14 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     out = tmp_path_factory.mktemp("cohort") / "c"
     return generate_cohort(out, patients=3, mix=(1 / 3, 1 / 3, 1 / 3), seed=7, size="small")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """torch limited to one thread for the test (the CI machine's cores are shared; threads only contend)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -43,15 +43,19 @@ def register(subparsers: Any) -> None:
 
 
 def read_token(path: Path) -> str:
-    """The bearer token from ``path`` (first line, stripped); refuses empty or short tokens."""
+    """The bearer token from ``path`` (first non-blank line, stripped); refuses empty or short tokens."""
     try:
-        token = (
-            path.read_text(encoding="utf-8").strip().splitlines()[0].strip() if path.stat().st_size else ""
-        )
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: the token file is not UTF-8 text; write the token as plain text") from exc
     except OSError as exc:
         raise ConfigError(
             f"{path}: cannot read the token file ({exc.strerror}); give a readable file"
         ) from exc
+    lines = text.strip().splitlines()
+    if not lines:
+        raise ConfigError(f"{path}: the token file is empty; write a token of at least 8 characters in it")
+    token = lines[0].strip()
     if len(token) < 8:
         raise ConfigError(f"{path}: the token must be at least 8 characters on the first line")
     return token

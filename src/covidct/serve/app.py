@@ -19,7 +19,6 @@ import hmac
 import logging
 import math
 import tempfile
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,10 +33,13 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 from covidct import __version__
+from covidct._files import atomic_write_bytes
 from covidct.errors import InputError
-from covidct.registry import CLASS_NAMES, LUNG_WINDOW, MEDIASTINAL_WINDOW
+from covidct.io import safe_extract_zip
+from covidct.registry import CLASS_NAMES, DISPLAY_NAMES, LUNG_WINDOW, MEDIASTINAL_WINDOW
+from covidct.report.images import check_index
 from covidct.serve.jobs import DONE, FAILED, Job, JobStore, QueueFull
-from covidct.serve.uploads import SAVED_NAMES, UnsupportedUpload, check_gzip_size, extract_zip, sniff
+from covidct.serve.uploads import SAVED_NAMES, UnsupportedUpload, check_gzip_size, sniff
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
@@ -79,7 +81,11 @@ class _UploadTooLarge(Exception):
 
 
 def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None (JSON has no NaN) recursively."""
+    """Replace non-finite floats by None (JSON has no NaN) recursively.
+
+    ``covidct.bundle`` has the same helper, but private (``bundle._json_safe``); this copy stays until bundle
+    makes it public.
+    """
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
@@ -112,9 +118,11 @@ def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
     job.upload_bytes, job.kind = size, kind
     max_unzipped = int(settings.max_unzipped_mb * (1 << 20))
     if kind == "zip":
-        study = extract_zip(saved, folder / "study", max_bytes=max_unzipped, max_files=settings.max_zip_files)
+        study = safe_extract_zip(
+            saved, folder / "study", max_bytes=max_unzipped, max_files=settings.max_zip_files
+        )
         saved.unlink()
-        return study
+        return Path(study)
     if kind == "nifti-gz":
         check_gzip_size(saved, max_bytes=max_unzipped)
     return saved
@@ -144,8 +152,6 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         max_pending=settings.max_pending,
         retention_s=settings.retention_minutes * 60.0,
     )
-    explainer_lock = threading.Lock()
-    explainer_box: list[SliceExplainer] = []
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -178,16 +184,13 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
 
     auth = [Depends(require_token)]
 
-    def explainer() -> SliceExplainer:
-        with explainer_lock:
-            if not explainer_box:
-                classifier = getattr(getattr(diagnoser, "pipeline", None), "classifier", None)
-                if classifier is None:
-                    raise HTTPException(404, "heat maps are not available: the model has no slice classifier")
-                from covidct.report.gradcam import SliceExplainer
+    def explainer() -> SliceExplainer | None:
+        """The diagnoser's Grad-CAM explainer (built once, shared by all requests); None without a classifier."""
+        if getattr(getattr(diagnoser, "pipeline", None), "classifier", None) is None:
+            return None
+        from covidct.report.gradcam import explainer_for
 
-                explainer_box.append(SliceExplainer.from_classifier(classifier))
-            return explainer_box[0]
+        return explainer_for(diagnoser)
 
     def finished_job(job_id: str) -> tuple[Job, StudyResult]:
         job = store.get(job_id)
@@ -201,15 +204,36 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
             )
         return job, job.result
 
-    def cached_png(job: Job, name: str, make: Callable[[], bytes]) -> Response:
+    def cache_path(job: Job, name: str) -> Path:
         cache = job.dir / "cache"
-        path = cache / name
+        cache.mkdir(mode=0o700, exist_ok=True)
+        return cache / name
+
+    def cached_png(job: Job, name: str, make: Callable[[], bytes]) -> Response:
+        """A PNG made once per job (concurrent first requests may both render; each rename is whole)."""
+        path = cache_path(job, name)
         if not path.exists():
-            cache.mkdir(mode=0o700, exist_ok=True)
-            tmp = cache / f".{name}.{threading.get_ident()}.partial"
-            tmp.write_bytes(make())
-            tmp.replace(path)
+            atomic_write_bytes(path, make())
         return FileResponse(path, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    def cached_document(
+        job: Job,
+        name: str,
+        write: Callable[[Path], object],
+        *,
+        media_type: str,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        """A document written once per job by ``write(path)``; the job's document lock makes concurrent
+        requests wait for the first writer instead of rendering (and renaming) the same file in parallel."""
+        path = cache_path(job, name)
+        with job.documents:
+            if not path.exists():
+                try:
+                    write(path)
+                except InputError as exc:
+                    raise HTTPException(409, store.public_message(job, str(exc))) from None
+        return FileResponse(path, media_type=media_type, headers=headers)
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict[str, Any]:
@@ -276,10 +300,10 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
             raise HTTPException(413, too_large) from None
         except UnsupportedUpload as exc:
             store.fail(job, str(exc))
-            raise HTTPException(415, str(exc)) from None
+            raise HTTPException(415, job.error) from None
         except InputError as exc:
-            store.fail(job, str(exc))
-            raise HTTPException(400, str(exc)) from None
+            store.fail(job, str(exc))  # stores the message without server paths
+            raise HTTPException(400, job.error) from None
         except Exception:
             store.fail(job, "the upload could not be read", user_error=False)
             raise
@@ -303,7 +327,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         body = job.summary()
         if job.status == DONE and job.result is not None:
             body["result"] = job.result.to_json()
-            body["display_names"] = dict(zip(CLASS_NAMES, ("Normal", "CAP", "COVID-19"), strict=True))
+            body["display_names"] = dict(zip(CLASS_NAMES, DISPLAY_NAMES, strict=True))
             body["explanation"] = job.result.decision.explain()
         status = 200
         if job.status == FAILED:
@@ -318,9 +342,10 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         return {"id": job_id, "status": "deleted"}
 
     def _index(result: StudyResult, index: int) -> int:
-        n = result.volume.n_slices
-        if not 0 <= index < n:
-            raise HTTPException(404, f"slice {index} does not exist: the study has slices 0..{n - 1}")
+        try:
+            check_index(result.volume.n_slices, index)
+        except IndexError as exc:
+            raise HTTPException(404, f"{exc}: no such slice in this study") from None
         return index
 
     @app.get("/v1/studies/{job_id}/slices/{index}.png", dependencies=auth, tags=["images"])
@@ -353,9 +378,12 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         job, result = finished_job(job_id)
         i = _index(result, index)
         cls = CLASS_NAMES.index(result.decision.diagnosis)
+        ex = explainer()
+        if ex is None:
+            raise HTTPException(404, "heat maps are not available: the model has no slice classifier")
 
         def make() -> bytes:
-            cam = explainer().slice_maps(result.volume, result.mask, [i], class_idx=[cls])[0]
+            cam = ex.slice_maps(result.volume, result.mask, [i], class_idx=[cls])[0]
             return png_bytes(heat_rgba(cam))
 
         return cached_png(job, f"heat_{i}.png", make)
@@ -366,15 +394,12 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         from covidct.report.html import write_report
 
         job, result = finished_job(job_id)
-        path = job.dir / "cache" / "report.html"
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            try:
-                ex = explainer()
-            except HTTPException:
-                ex = None
-            write_report(result, path, explainer=ex, show_phi=False)
-        return FileResponse(path, media_type="text/html; charset=utf-8")
+        return cached_document(
+            job,
+            "report.html",
+            lambda path: write_report(result, path, explainer=explainer(), show_phi=False),
+            media_type="text/html; charset=utf-8",
+        )
 
     @app.get("/v1/studies/{job_id}/report.pdf", dependencies=auth, tags=["documents"])
     def report_pdf(job_id: str) -> Response:
@@ -382,15 +407,12 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         from covidct.report.pdf import write_pdf
 
         job, result = finished_job(job_id)
-        path = job.dir / "cache" / "report.pdf"
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            try:
-                ex = explainer()
-            except HTTPException:
-                ex = None
-            write_pdf(result, path, explainer=ex, show_phi=False)
-        return FileResponse(path, media_type="application/pdf")
+        return cached_document(
+            job,
+            "report.pdf",
+            lambda path: write_pdf(result, path, explainer=explainer(), show_phi=False),
+            media_type="application/pdf",
+        )
 
     @app.get("/v1/studies/{job_id}/seg.dcm", dependencies=auth, tags=["documents"])
     def seg_dcm(job_id: str) -> Response:
@@ -398,15 +420,10 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         from covidct.report.dicom_seg import write_dicom_seg
 
         job, result = finished_job(job_id)
-        path = job.dir / "cache" / "seg.dcm"
-        if not path.exists():
-            path.parent.mkdir(mode=0o700, exist_ok=True)
-            try:
-                write_dicom_seg(result.volume, result.mask, path)
-            except InputError as exc:
-                raise HTTPException(409, str(exc)) from None
-        return FileResponse(
-            path,
+        return cached_document(
+            job,
+            "seg.dcm",
+            lambda path: write_dicom_seg(result.volume, result.mask, path),
             media_type="application/dicom",
             headers={"Content-Disposition": f'attachment; filename="covidct-seg-{job_id[:8]}.dcm"'},
         )

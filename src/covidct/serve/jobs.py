@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import re
 import shutil
 import threading
 import time
+import traceback
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covidct._files import atomic_write
 from covidct.errors import CovidCTError
 
 if TYPE_CHECKING:
@@ -53,6 +57,8 @@ class Job:
     user_error: bool = False  # True when the input was at fault (HTTP 4xx), False for a service fault
     result: StudyResult | None = None
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    #: Held while a document (report, SEG) of this job is generated, so concurrent requests make it once.
+    documents: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"id": self.id, "status": self.status, "created": self.created}
@@ -69,14 +75,40 @@ def persist_result(result: StudyResult, folder: Path) -> StudyResult:
     """Save volume and mask as ``.npy`` in ``folder`` and return the result with memory-mapped arrays."""
     from covidct.io.volume import CTVolume
 
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "hu.npy", np.ascontiguousarray(result.volume.hu))
-    np.save(folder / "mask.npy", np.ascontiguousarray(result.mask, dtype=np.uint8))
+    hu_arr = np.ascontiguousarray(result.volume.hu)
+    mask_arr = np.ascontiguousarray(result.mask, dtype=np.uint8)
+    atomic_write(folder / "hu.npy", lambda tmp: np.save(tmp, hu_arr))
+    atomic_write(folder / "mask.npy", lambda tmp: np.save(tmp, mask_arr))
     hu = np.load(folder / "hu.npy", mmap_mode="r")
     mask = np.load(folder / "mask.npy", mmap_mode="r")
     v = result.volume
     volume = CTVolume(hu, v.spacing, v.origin, v.direction.copy(), list(v.slices), v.meta)
     return dataclasses.replace(result, volume=volume, mask=mask)
+
+
+def _path_forms(path: Path) -> set[str]:
+    """The spellings of ``path`` a message may contain: as given, absolute, and with links resolved."""
+    forms = {str(path), os.path.abspath(path), os.path.realpath(path)}
+    return {f for f in forms if f not in ("", ".", "/")}
+
+
+def public_message(text: str, job: Job, work_dir: Path) -> str:
+    """``text`` with every server path of ``job`` replaced by ``upload``: what clients and logs may see.
+
+    Error messages of ``covidct.io`` and the diagnoser start with the path they read (the job's extracted
+    study, the saved upload or a file inside it); the service never hands out where it keeps uploads. The job
+    folder, its ``input`` folder, the saved upload (``input/upload.*``) and the extracted study
+    (``input/study``) all become ``upload``; a file inside the study keeps its path relative to it
+    (``upload/series1/IM0001.dcm``: names the client sent). Any other mention of the work folder becomes
+    ``upload`` too.
+    """
+    roots = sorted(_path_forms(job.dir), key=len, reverse=True)
+    inner = r"(?:[/\\]input(?:[/\\](?:study|upload(?:\.[A-Za-z0-9]+)*))?)?"
+    pattern = "(?:" + "|".join(re.escape(r) for r in roots) + ")" + inner
+    out = re.sub(pattern, "upload", text)
+    for form in sorted(_path_forms(work_dir), key=len, reverse=True):
+        out = out.replace(form, "upload")
+    return out
 
 
 class JobStore:
@@ -133,8 +165,16 @@ class JobStore:
         """Queue ``job`` on the worker pool."""
         self._pool.submit(self._execute, job)
 
+    def public_message(self, job: Job, text: str) -> str:
+        """``text`` without server paths (see :func:`public_message`)."""
+        return public_message(text, job, self.work_dir)
+
     def fail(self, job: Job, message: str, *, user_error: bool = True) -> None:
-        """Mark a job failed without running it (e.g. its upload was refused) and drop its data now."""
+        """Mark a job failed without running it (e.g. its upload was refused) and drop its data now.
+
+        ``message`` is stored (and later shown to the client) without server paths.
+        """
+        message = self.public_message(job, message)
         with job.lock:
             job.status, job.error, job.user_error, job.finished = FAILED, message, user_error, time.time()
         shutil.rmtree(job.dir / "input", ignore_errors=True)
@@ -147,10 +187,14 @@ class JobStore:
             result = persist_result(result, job.dir / "arrays")
         except CovidCTError as exc:
             log.info("job %s: input refused (%s)", job.id, type(exc).__name__)
+            message = self.public_message(job, str(exc))
             with job.lock:
-                job.status, job.error, job.user_error = FAILED, str(exc), True
+                job.status, job.error, job.user_error = FAILED, message, True
         except Exception as exc:  # a service fault: keep the service alive, report without data
-            log.error("job %s: failed with %s", job.id, type(exc).__name__, exc_info=log.isEnabledFor(10))
+            log.error("job %s: failed with %s", job.id, type(exc).__name__)
+            if log.isEnabledFor(logging.DEBUG):  # the traceback, with server paths rewritten like messages
+                trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+                log.debug("job %s: %s", job.id, self.public_message(job, trace))
             with job.lock:
                 job.status, job.user_error = FAILED, False
                 job.error = f"internal error while diagnosing ({type(exc).__name__}); see the service log"

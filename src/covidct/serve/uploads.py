@@ -1,14 +1,13 @@
-"""Checks on uploaded studies: format sniffing, size limits and safe zip extraction.
+"""Checks on uploaded studies: format sniffing and the gzip size limit.
 
-Nothing here logs file names or contents: uploads may carry patient data.
+Zips are extracted by :func:`covidct.io.safe_extract_zip` (traversal, link and bomb checks). Nothing here
+logs file names or contents: uploads may carry patient data.
 """
 
 from __future__ import annotations
 
 import gzip
-import stat
-import zipfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from covidct.errors import InputError
 
@@ -70,55 +69,3 @@ def check_gzip_size(path: Path, *, max_bytes: int) -> None:
                     )
     except (OSError, EOFError) as exc:
         raise InputError(f"the gzip upload is corrupt ({exc.__class__.__name__})") from exc
-
-
-def extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int) -> Path:
-    """Extract safely: ``covidct.io.safe_extract_zip`` where it exists, else :func:`fallback_extract_zip`."""
-    try:
-        from covidct.io import safe_extract_zip
-    except ImportError:
-        try:
-            from covidct.io.formats import safe_extract_zip
-        except ImportError:
-            return fallback_extract_zip(zip_path, dest, max_bytes=max_bytes, max_files=max_files)
-    return Path(safe_extract_zip(zip_path, dest, max_bytes=max_bytes, max_files=max_files))
-
-
-def fallback_extract_zip(zip_path: Path, dest: Path, *, max_bytes: int, max_files: int) -> Path:
-    """Extract ``zip_path`` into ``dest`` refusing traversal, links, too many members and bombs.
-
-    Bytes are counted while writing, so a header that lies about sizes does not help.
-    """
-    try:
-        archive = zipfile.ZipFile(zip_path)
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise InputError(f"the upload is not a readable zip archive ({exc.__class__.__name__})") from exc
-    with archive:
-        infos = archive.infolist()
-        if len(infos) > max_files:
-            raise InputError(f"the zip has {len(infos)} members, more than the limit of {max_files}")
-        root = dest.resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        written = 0
-        for info in infos:
-            name = PurePosixPath(info.filename.replace("\\", "/"))
-            if name.is_absolute() or ".." in name.parts or (name.parts and ":" in name.parts[0]):
-                raise InputError("the zip contains an unsafe member name (path traversal); refused")
-            if stat.S_ISLNK(info.external_attr >> 16):
-                raise InputError("the zip contains a symbolic link; refused")
-            target = (root / Path(*name.parts)).resolve() if name.parts else root
-            if target != root and root not in target.parents:
-                raise InputError("the zip contains a member that escapes the extraction folder; refused")
-            if info.is_dir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as src, open(target, "wb") as out:
-                while chunk := src.read(1 << 20):
-                    written += len(chunk)
-                    if written > max_bytes:
-                        raise InputError(
-                            f"the zip expands past {max_bytes // (1 << 20)} MiB; refused (zip bomb?)"
-                        )
-                    out.write(chunk)
-    return dest
