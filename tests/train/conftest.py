@@ -81,3 +81,9 @@ def phantom_train(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def phantom_heldout(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_phantom_set(tmp_path_factory.mktemp("phantoms") / "heldout", per_class=2, seed=99)
+
+
+@pytest.fixture
+def write_phantoms() -> object:
+    """The phantom-set writer itself (tests in importlib mode cannot import this module)."""
+    return write_phantom_set

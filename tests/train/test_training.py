@@ -19,8 +19,8 @@ from covidct.classify import SliceClassifier
 from covidct.data.manifest import read_manifest
 from covidct.data.records import slice_classes
 from covidct.io import load_study
+from covidct.segment.quality import dice
 from covidct.train import ClassifierConfig, SegmenterConfig, train_classifier, train_segmenter
-from covidct.train.metrics import dice
 
 pytestmark = pytest.mark.slow
 
@@ -58,6 +58,12 @@ def test_classifier_learns_and_beats_chance_on_heldout(
     assert card["architecture"]["name"] == "resnet18" and card["preprocessing"]["image_size"] == 32
     assert card["training"]["studies"]["train"] == {"normal": 3, "cap": 3, "covid19": 3}
     assert card["training"]["split_seed"] == 0 and card["rule"]["threshold"] == 0.2
+    # int8 calibration slices saved with the bundle, listed in the (hashed) card
+    calib = np.load(out / "calibration.npy")
+    assert card["calibration"]["file"] == "calibration.npy" and card["calibration"]["n"] == calib.shape[0]
+    assert calib.dtype == np.float16 and calib.shape[1:] == (1, 32, 32) and 0 < calib.shape[0] <= 64
+    assert float(calib.min()) >= 0.0 and float(calib.max()) <= 1.0
+    assert sum(card["calibration"]["classes"].values()) == calib.shape[0]
     # held-out phantoms (another seed), preprocessed exactly as at inference
     clf = SliceClassifier.from_bundle(out)
     ys, preds = [], []

@@ -127,3 +127,70 @@ def test_cli_needs_an_output(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
     assert main(["train", "classifier", "--data", str(tmp_path)]) == 2
     assert "-o MODEL_DIR" in capsys.readouterr().err
+
+
+def _cached(cls_rows: list[int], size: int = 4, value: float = 0.0) -> object:
+    from covidct.train.data import CachedStudy
+
+    y = np.asarray(cls_rows, dtype=np.int64)
+    x = np.full((len(y), size, size), value, np.float16) + np.arange(len(y), dtype=np.float16)[:, None, None]
+    rec = StudyRecord(case=f"c{value}", path=Path("."), diagnosis="normal")
+    return CachedStudy(rec, x, y, np.arange(len(y)))
+
+
+def test_calibration_slices_are_stratified_and_prefer_validation() -> None:
+    from covidct.train.classifier import pick_calibration
+
+    val = [_cached([0] * 50 + [2] * 30, value=0.0), _cached([1] * 5, value=100.0)]
+    train = [_cached([1] * 40, value=200.0)]
+    x, y = pick_calibration(val, train, n=64, seed=0)
+    assert x.shape == (64, 1, 4, 4) and x.dtype == np.float16
+    counts = np.bincount(y, minlength=3)
+    # validation holds 85 >= 64 slices: training is not touched; the 5 CAP slices all taken, rest split evenly
+    assert counts.tolist() == [30, 5, 29] or counts.tolist() == [29, 5, 30]
+    assert float(x.max()) < 200.0  # no training slice
+    x2, y2 = pick_calibration(val, train, n=64, seed=0)
+    assert np.array_equal(x, x2) and np.array_equal(y, y2)  # deterministic
+    # too few validation slices: training slices fill up, validation ones all kept
+    xs, ys = pick_calibration([_cached([0] * 10)], train, n=30, seed=1)
+    assert xs.shape[0] == 30 and np.bincount(ys, minlength=3).tolist() == [10, 20, 0]
+
+
+def test_write_calibration_file_and_card_entry(tmp_path: Path) -> None:
+    import hashlib
+
+    from covidct.train.classifier import write_calibration
+
+    entry = write_calibration(tmp_path, [_cached([0, 1, 2] * 30)], [], seed=0)
+    arr = np.load(tmp_path / "calibration.npy")
+    assert arr.shape == (64, 1, 4, 4) and arr.dtype == np.float16
+    assert entry["file"] == "calibration.npy" and entry["n"] == 64
+    assert entry["sha256"] == hashlib.sha256((tmp_path / "calibration.npy").read_bytes()).hexdigest()
+    assert entry["classes"] == {"normal": 22, "cap": 21, "covid19": 21}
+    assert [p.name for p in tmp_path.iterdir()] == ["calibration.npy"]  # no temporary file left
+
+
+def test_unreadable_study_is_left_out_not_fatal(tmp_path: Path, write_phantoms, caplog) -> None:
+    """One corrupt study is listed with its reason; training data from the others is kept (was an abort)."""
+    from covidct.train.common import load_split_studies
+
+    manifest = write_phantoms(tmp_path / "d", per_class=2, seed=0, split="train")
+    (tmp_path / "d" / "cap01.nii.gz").write_bytes(b"not a volume")
+    cfg = ClassifierConfig(
+        data=[manifest], out_dir=tmp_path / "o", mask_source="gt", progress=False, image_size=32
+    )
+    with caplog.at_level("WARNING"):
+        studies, summary = load_split_studies(
+            cfg, task="classifier", window=LUNG_WINDOW, dist=DistInfo(), allow_images=False
+        )
+    assert sorted(s.record.case for s in studies["train"]) == [
+        "cap00",
+        "covid1900",
+        "covid1901",
+        "normal00",
+        "normal01",
+    ]
+    (bad,) = summary["unreadable_studies"]
+    assert bad["case"] == "cap01" and "InputError" in bad["reason"] and "cap01.nii.gz" in bad["reason"]
+    assert summary["left_out_studies"] == 1
+    assert any("cap01" in r.getMessage() for r in caplog.records)

@@ -10,16 +10,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidct.bundle import default_rule, save_component
+from covidct.bundle import default_rule
 from covidct.classify.networks import CONV1_SIZE, CONV1_STRIDE, build_classifier
 from covidct.registry import CLASS_NAMES, LUNG_WINDOW, NUM_CLASSES
 from covidct.train import augment
 from covidct.train.common import (
+    finish_training,
     load_split_studies,
     run_dir_of,
     seed_everything,
     slice_class_counts,
-    update_pipeline,
 )
 from covidct.train.config import ClassifierConfig
 from covidct.train.data import CachedStudy, SliceDataset
@@ -28,6 +28,10 @@ from covidct.train.engine import Task, fit, resolve_device
 from covidct.train.metrics import classification_metrics
 
 log = logging.getLogger(__name__)
+
+#: Preprocessed slices saved with a classifier bundle for int8 calibration (``calibration.npy``).
+CALIBRATION_SLICES = 64
+CALIBRATION_NAME = "calibration.npy"
 
 
 def balanced_weights(y: np.ndarray) -> np.ndarray:
@@ -50,6 +54,72 @@ def predict_studies(
     if not probs:
         return np.zeros((0, NUM_CLASSES), np.float32), np.zeros(0, np.int64)
     return np.concatenate(probs), np.concatenate(ys)
+
+
+def pick_calibration(
+    preferred: list[CachedStudy], fallback: list[CachedStudy], *, n: int = CALIBRATION_SLICES, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to ``n`` cached slices for int8 calibration, stratified across the slice classes.
+
+    Slices of ``preferred`` (the validation studies) come first; ``fallback`` (training) studies are used only
+    when ``preferred`` holds fewer than ``n`` slices. Classes take turns (round robin), each class's slices in a
+    seeded random order, so a rare class is represented as far as it exists. Returns ``x`` (k, 1, S, S)
+    float16 in [0, 1], exactly the classifier's inputs, and the slice classes ``y`` (k,). Deterministic.
+    """
+    rng = np.random.default_rng(seed)
+    pools: dict[int, list[tuple[int, int, int]]] = {}  # class -> (source rank, study, row)
+    sources = [preferred] if sum(st.x.shape[0] for st in preferred) >= n else [preferred, fallback]
+    studies = [st for group in sources for st in group]
+    offset = 0
+    for rank, group in enumerate(sources):
+        for k, st in enumerate(group):
+            ys = np.asarray(st.y).reshape(-1)
+            for cls in np.unique(ys):
+                rows = np.flatnonzero(ys == cls)
+                pools.setdefault(int(cls), []).extend((rank, offset + k, int(r)) for r in rows)
+        offset += len(group)
+    for cls, items in pools.items():  # preferred source first, random order within a source
+        order = rng.permutation(len(items))
+        pools[cls] = sorted((items[i] for i in order), key=lambda t: t[0])
+    chosen: list[tuple[int, int, int]] = []
+    classes = sorted(pools)
+    while len(chosen) < n and any(pools[c] for c in classes):
+        for c in classes:
+            if pools[c] and len(chosen) < n:
+                chosen.append((c, *pools[c].pop(0)[1:]))
+    if not chosen:
+        return np.zeros((0, 1, 1, 1), np.float16), np.zeros(0, np.int64)
+    chosen.sort(key=lambda t: (t[1], t[2]))
+    x = np.stack([np.asarray(studies[s].x[r], dtype=np.float16) for _, s, r in chosen])[:, None]
+    return x, np.array([c for c, _, _ in chosen], dtype=np.int64)
+
+
+def write_calibration(
+    out_dir: Path, preferred: list[CachedStudy], fallback: list[CachedStudy], *, seed: int = 0
+) -> dict[str, Any]:
+    """Write ``calibration.npy`` ((n, 1, S, S) float16) into the bundle folder; returns its card entry.
+
+    The entry ``{"file", "n", "sha256", "classes", "source"}`` goes into the card before the hash is stamped.
+    ``covidct.classify`` reads the file to calibrate int8 backends on real preprocessed slices.
+    """
+    from covidct._files import atomic_write
+    from covidct.bundle import file_sha256
+
+    x, y = pick_calibration(preferred, fallback, seed=seed)
+
+    def save(tmp: Path) -> None:
+        with tmp.open("wb") as f:
+            np.save(f, x)
+
+    path = atomic_write(Path(out_dir) / CALIBRATION_NAME, save)
+    n_pref = sum(st.x.shape[0] for st in preferred)
+    return {
+        "file": CALIBRATION_NAME,
+        "n": int(x.shape[0]),
+        "sha256": file_sha256(path),
+        "classes": {name: int((y == i).sum()) for i, name in enumerate(CLASS_NAMES)},
+        "source": "validation" if n_pref >= CALIBRATION_SLICES else "validation+training",
+    }
 
 
 def train_classifier(config: ClassifierConfig) -> Path:
@@ -103,12 +173,15 @@ def train_classifier(config: ClassifierConfig) -> Path:
             cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name="balanced accuracy"
         )
         if dist.is_main:
-            card = classifier_card(
-                cfg, summary, result.history, result.best_epoch, result.stopped_by, result.metrics
+            calibration = write_calibration(cfg.out_dir, studies["val"], studies["train"], seed=cfg.seed)
+            finish_training(
+                cfg,
+                result,
+                summary,
+                make_card=classifier_card,
+                what="classifier",
+                extra_card={"calibration": calibration},
             )
-            save_component(cfg.out_dir, result.best_state, card)
-            update_pipeline(cfg)
-            log.info("classifier bundle written to %s (best epoch %d)", cfg.out_dir, result.best_epoch)
         return cfg.out_dir
     finally:
         shutdown(dist)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from covidct.train.data import (
     resolve_mask_source,
 )
 from covidct.train.distributed import DistInfo, barrier
+from covidct.train.engine import FitResult
 from covidct.train.splits import SPLITS, assign, make_splits, read_splits, write_splits
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ def load_split_studies(
     by_key = {id(s.record): s for s in in_memory}
     out: dict[str, list[CachedStudy]] = {s: [] for s in SPLITS}
     left_out: list[str] = []
+    unusable: list[dict[str, str]] = []  # studies that could not be read (InputError), with the reason
     segs = SegmenterSource()
     todo = [(split, r) for split in ("train", "val") for r in groups[split]]
 
@@ -96,16 +99,23 @@ def load_split_studies(
 
     def fill(show: bool) -> None:
         for split, rec in tqdm(todo, desc="preprocessing", disable=not show):
-            cached = by_key.get(id(rec)) or prepare_study(
-                rec,
-                task=task,
-                image_size=cfg.image_size,
-                window=window,
-                mask_source=cfg.mask_source,
-                max_slices=cfg.max_slices_per_study,
-                cache_dir=cache_dir,
-                segmenters=segs,
-            )
+            try:
+                cached = by_key.get(id(rec)) or prepare_study(
+                    rec,
+                    task=task,
+                    image_size=cfg.image_size,
+                    window=window,
+                    mask_source=cfg.mask_source,
+                    max_slices=cfg.max_slices_per_study,
+                    cache_dir=cache_dir,
+                    segmenters=segs,
+                )
+            except InputError as exc:  # unreadable study, not a chest CT, bad mask: leave it out, go on
+                if dist.is_main:
+                    log.warning("study %s left out of training: %s", rec.case, exc)
+                unusable.append({"case": rec.case, "split": split, "reason": f"{type(exc).__name__}: {exc}"})
+                left_out.append(rec.case)
+                continue
             if cached is None:
                 left_out.append(rec.case)
             else:
@@ -122,8 +132,9 @@ def load_split_studies(
         barrier(dist)
         fill(False)
     if not out["train"]:
+        why = f"; {len(unusable)} could not be read, e.g. {unusable[0]['reason']}" if unusable else ""
         raise ConfigError(
-            "no training slices: every training study was left out (abnormal studies need slice labels)"
+            "no training slices: every training study was left out (abnormal studies need slice labels)" + why
         )
     summary: dict[str, Any] = {
         "sources": [str(p) for p in cfg.data],
@@ -131,7 +142,9 @@ def load_split_studies(
         "split_seed": cfg.effective_split_seed,
         "split_file": SPLITS_NAME,
         "left_out_studies": len(left_out),
-        "left_out_rule": "abnormal studies without slice labels are left out of slice-level training",
+        "left_out_rule": "abnormal studies without slice labels are left out of slice-level training, "
+        "and studies that cannot be read (listed in unreadable_studies)",
+        "unreadable_studies": unusable,
         "max_slices_per_study": cfg.max_slices_per_study,
         "mask_source": cfg.mask_source,
         "masks_used": mask_counts,
@@ -151,6 +164,31 @@ def pipeline_dir_for(cfg: TrainConfig) -> Path | None:
     if cfg.out_dir.name in ("classifier", "segmenter"):
         return cfg.out_dir.parent
     return None
+
+
+def finish_training(
+    cfg: TrainConfig,
+    result: FitResult,
+    summary: dict[str, Any],
+    *,
+    make_card: Callable[..., dict[str, Any]],
+    what: str,
+    extra_card: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The common tail of both trainings (main process only): card -> bundle -> pipeline ``model.json``.
+
+    ``make_card(cfg, summary, history, best_epoch, stopped_by, metrics)`` builds the card; ``extra_card``
+    entries (e.g. the classifier's calibration file) are added before :func:`covidct.bundle.save_component`
+    stamps the hash, so the hash covers them. Returns the written card.
+    """
+    from covidct.bundle import save_component
+
+    card = make_card(cfg, summary, result.history, result.best_epoch, result.stopped_by, result.metrics)
+    card.update(extra_card or {})
+    written = save_component(cfg.out_dir, result.best_state, card)
+    update_pipeline(cfg)
+    log.info("%s bundle written to %s (best epoch %d)", what, cfg.out_dir, result.best_epoch)
+    return written
 
 
 def update_pipeline(cfg: TrainConfig) -> Path | None:

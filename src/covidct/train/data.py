@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any, Final
 
 import numpy as np
 
+from covidct._files import atomic_write
 from covidct.data.records import StudyRecord, slice_classes
 from covidct.errors import ConfigError, InputError
 from covidct.registry import Window
@@ -91,14 +90,11 @@ def cache_key(record: StudyRecord, settings: dict[str, Any]) -> str:
 
 
 def _save_npy(path: Path, arr: np.ndarray) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
+    def write(tmp: Path) -> None:
+        with tmp.open("wb") as f:
             np.save(f, arr)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def resolve_mask_source(record: StudyRecord, mask_source: str) -> str:
@@ -121,9 +117,9 @@ def load_mask(record: StudyRecord, volume: Any, source: str, segmenter: Any | No
             raise InputError(f"mask {record.mask_path} has shape {m.shape}, the study has {volume.shape}")
         return np.clip(np.rint(m), 0, 2).astype(np.uint8)
     if segmenter is None:
-        import importlib
+        from covidct.segment import get_segmenter
 
-        segmenter = importlib.import_module("covidct.segment").get_segmenter("classical")
+        segmenter = get_segmenter("classical")
     return np.asarray(segmenter.apply(volume), dtype=np.uint8)
 
 
@@ -145,9 +141,9 @@ class SegmenterSource:
 
     def get(self) -> Any:
         if self._seg is None:
-            import importlib
+            from covidct.segment import get_segmenter
 
-            self._seg = importlib.import_module("covidct.segment").get_segmenter("classical")
+            self._seg = get_segmenter("classical")
         return self._seg
 
 

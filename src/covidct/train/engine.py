@@ -10,11 +10,10 @@ resumed from ``last.pt`` continues exactly as the uninterrupted run would have.
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from covidct._files import atomic_write, atomic_write_text
 from covidct.train.augment import augment_batch
 from covidct.train.config import TrainConfig
 from covidct.train.data import SliceDataset
@@ -89,27 +89,18 @@ def epoch_indices(
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def write_log(path: Path, history: list[dict[str, float]]) -> None:
     keys: list[str] = []
     for row in history:
         keys.extend(k for k in row if k not in keys)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows({**r, "epoch": int(r["epoch"])} for r in history)
-    os.replace(tmp, path)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys)
+    w.writeheader()
+    w.writerows({**r, "epoch": int(r["epoch"])} for r in history)
+    atomic_write_text(path, buf.getvalue())
 
 
 def plot_curve(path: Path, history: list[dict[str, float]], *, score_name: str) -> None:
@@ -130,10 +121,7 @@ def plot_curve(path: Path, history: list[dict[str, float]], *, score_name: str) 
     a2.set_xlabel("epoch")
     a2.set_ylabel(score_name)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(fd)
-    fig.savefig(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 def _make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:

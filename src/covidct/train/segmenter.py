@@ -17,17 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidct.bundle import save_component
 from covidct.preprocess import SEGMENTER_WINDOW
 from covidct.registry import LUNG_LABEL_NAMES
+from covidct.segment.quality import dice
 from covidct.segment.unet import build_segmenter
 from covidct.train import augment
-from covidct.train.common import load_split_studies, run_dir_of, seed_everything, update_pipeline
+from covidct.train.common import finish_training, load_split_studies, run_dir_of, seed_everything
 from covidct.train.config import SegmenterConfig
 from covidct.train.data import CachedStudy, SliceDataset
 from covidct.train.distributed import init_distributed, shutdown
 from covidct.train.engine import Task, fit, resolve_device
-from covidct.train.metrics import dice
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +86,7 @@ def train_segmenter(config: SegmenterConfig) -> Path:
             cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name="mean lung Dice"
         )
         if dist.is_main:
-            card = segmenter_card(
-                cfg, summary, result.history, result.best_epoch, result.stopped_by, result.metrics
-            )
-            save_component(cfg.out_dir, result.best_state, card)
-            update_pipeline(cfg)
-            log.info("segmenter bundle written to %s (best epoch %d)", cfg.out_dir, result.best_epoch)
+            finish_training(cfg, result, summary, make_card=segmenter_card, what="segmenter")
         return cfg.out_dir
     finally:
         shutdown(dist)

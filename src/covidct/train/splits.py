@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from covidct._files import atomic_write
 from covidct.data.records import StudyRecord
 from covidct.errors import ConfigError
 from covidct.registry import CLASS_NAMES
@@ -58,15 +58,12 @@ def make_splits(
 
 def write_splits(path: Path, records: Sequence[StudyRecord], splits: dict[str, str]) -> Path:
     """Write ``case,class,split,path`` rows (atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".splits.", suffix=".partial", dir=path.parent)
-    with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["case", "class", "split", "path"])
-        for r in sorted(records, key=study_key):
-            w.writerow([r.case, r.diagnosis, splits[study_key(r)], study_key(r)])
-    os.replace(tmp, path)
-    return path
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(["case", "class", "split", "path"])
+    for r in sorted(records, key=study_key):
+        w.writerow([r.case, r.diagnosis, splits[study_key(r)], study_key(r)])
+    return atomic_write(path, lambda tmp: tmp.write_bytes(buf.getvalue().encode("utf-8")))
 
 
 def read_splits(path: Path) -> dict[str, str]:
