@@ -91,3 +91,20 @@ def test_public_message_rewrites_every_spelling_of_the_job_folder(tmp_path: Path
     }
     for text, expected in cases.items():
         assert public_message(text, job, work) == expected, text
+
+
+def test_a_service_fault_while_storing_the_upload_answers_500_without_paths(
+    make_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import covidct.serve.app as app_module
+
+    def disk_full(head: bytes) -> str:
+        raise OSError(28, "No space left on device", "/tmp/covidct-serve-x/job/input/upload.partial")
+
+    monkeypatch.setattr(app_module, "sniff", disk_full)
+    caplog.set_level("DEBUG", logger="covidct.serve")
+    with TestClient(make_app()) as client:
+        resp = _post(client, b"anything at all")
+        assert resp.status_code == 500 and "could not be stored" in resp.json()["detail"]
+        assert client.get("/healthz").json()["jobs"]["failed"] == 1
+        _assert_no_path(resp.text + caplog.text, client)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hmac
 import logging
-import math
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -34,6 +33,7 @@ from starlette.types import Message
 
 from covidct import __version__
 from covidct._files import atomic_write_bytes
+from covidct.bundle import json_safe
 from covidct.errors import InputError
 from covidct.io import safe_extract_zip
 from covidct.registry import CLASS_NAMES, DISPLAY_NAMES, LUNG_WINDOW, MEDIASTINAL_WINDOW
@@ -78,21 +78,6 @@ class ServeSettings:
 
 class _UploadTooLarge(Exception):
     pass
-
-
-def _json_safe(value: Any) -> Any:
-    """Replace non-finite floats by None (JSON has no NaN) recursively.
-
-    ``covidct.bundle`` has the same helper, but private (``bundle._json_safe``); this copy stays until bundle
-    makes it public.
-    """
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
 
 
 def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
@@ -304,9 +289,10 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         except InputError as exc:
             store.fail(job, str(exc))  # stores the message without server paths
             raise HTTPException(400, job.error) from None
-        except Exception:
-            store.fail(job, "the upload could not be read", user_error=False)
-            raise
+        except Exception as exc:  # a service fault (disk full...): answer without server paths or a traceback
+            log.error("job %s: the upload failed with %s", job.id, type(exc).__name__)
+            store.fail(job, "the upload could not be stored", user_error=False)
+            raise HTTPException(500, "the upload could not be stored; see the service log") from None
         finally:
             if form is not None:
                 await form.close()
@@ -332,7 +318,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         status = 200
         if job.status == FAILED:
             status = 422 if job.user_error else 500
-        return JSONResponse(_json_safe(body), status_code=status)
+        return JSONResponse(json_safe(body), status_code=status)
 
     @app.delete("/v1/studies/{job_id}", dependencies=auth, tags=["studies"])
     def delete_study(job_id: str) -> dict[str, str]:
