@@ -57,3 +57,12 @@ def test_concurrent_writers_never_collide(tmp_path: Path) -> None:
     assert not errors
     data = target.read_bytes()
     assert len(data) == 10_000 and len(set(data)) == 1  # one writer's whole content
+
+
+def test_written_files_get_the_usual_permissions(tmp_path: Path) -> None:
+    import os
+
+    target = atomic_write_text(tmp_path / "a.json", "{}")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~mask

@@ -25,6 +25,12 @@ def full_suffix(path: Path) -> str:
     return path.suffix
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | Path, writer: Callable[[Path], object]) -> Path:
     """Call ``writer(tmp_path)`` to write the content, then rename ``tmp_path`` to ``path``.
 
@@ -40,6 +46,7 @@ def atomic_write(path: str | Path, writer: Callable[[Path], object]) -> Path:
     tmp = Path(tmp_name)
     try:
         writer(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
