@@ -8,6 +8,7 @@ write leaves nothing behind.
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 from collections.abc import Callable
@@ -25,8 +26,16 @@ def full_suffix(path: Path) -> str:
     return path.suffix
 
 
+@functools.cache
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read once (from /proc where it exists: setting it briefly would race threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
