@@ -12,6 +12,8 @@ import torch
 
 from covidct.bundle import (
     card_hash,
+    check_rule,
+    json_safe,
     load_component,
     load_pipeline,
     read_card,
@@ -21,7 +23,7 @@ from covidct.bundle import (
 )
 from covidct.classify import SliceClassifier
 from covidct.classify.networks import build_classifier
-from covidct.errors import ModelError
+from covidct.errors import ConfigError, ModelError
 from covidct.io.volume import CTVolume
 from covidct.segment.unet import UNetSegmenter, build_segmenter
 
@@ -161,3 +163,134 @@ def test_pipeline_with_unet_round_trip_and_stale_component(clf_dir: Path) -> Non
     save_component(clf_dir, build_classifier("resnet18").state_dict(), _classifier_card())
     with pytest.raises(ModelError, match="does not match the pipeline card"):
         load_pipeline(model)
+
+
+def _restamp(directory: Path, **edit: Any) -> None:
+    """Edit a card and re-stamp its hash: a consistent card with hand-edited content."""
+    card = read_card(directory, verify=False)
+    card.update(edit)
+    write_card(directory, card)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ({"head": 0.6, "tail": 0.5, "threshold": 0.2}, "head \\+ tail must be < 1"),
+        ({"head": 0.1, "tail": 0.14, "threshold": 1.5}, "threshold must be in"),
+        ({"head": "ten percent"}, "head must be a number"),
+        ({"head": 0.1, "cutoff": 0.3}, "unknown rule parameters"),
+        ([0.1, 0.1, 0.2], "rule must be an object"),
+    ],
+)
+def test_bad_rule_in_pipeline_card_is_a_model_error(clf_dir: Path, rule: Any, message: str) -> None:
+    model = clf_dir.parent
+    write_pipeline(model, segmenter="classical")
+    _restamp(model, rule=rule)
+    with pytest.raises(ModelError, match=rf"model\.json.*{message}"):
+        load_pipeline(model)
+
+
+def test_rule_defaults_and_explicit_rules(clf_dir: Path) -> None:
+    model = clf_dir.parent
+    top = write_pipeline(model, segmenter="classical", rule={"threshold": 0.3})
+    assert top["rule"] == {"head": 0.1, "tail": 0.14, "threshold": 0.3}
+    assert load_pipeline(model).rule == top["rule"]
+    with pytest.raises(ConfigError, match="head \\+ tail"):
+        write_pipeline(model, segmenter="classical", rule={"head": 0.5, "tail": 0.5})
+    # a bad rule in the classifier card is the card's fault
+    _restamp(clf_dir, rule={"threshold": -1})
+    with pytest.raises(ModelError, match=r"classifier/model\.json.*threshold"):
+        write_pipeline(model, segmenter="classical")
+    assert check_rule({}, where="x") == {"head": 0.1, "tail": 0.14, "threshold": 0.2}
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"preprocessing": {"window": {"level": "lung"}, "image_size": SIZE}}, "preprocessing.window"),
+        ({"preprocessing": {"window": {"width": 1200}, "image_size": SIZE}}, "preprocessing.window"),
+        ({"preprocessing": {"window": {"level": 0, "width": 0}, "image_size": SIZE}}, "width must be > 0"),
+        ({"preprocessing": {"image_size": "big"}}, "image_size must be an integer"),
+        ({"preprocessing": "lung"}, "preprocessing must be an object"),
+        ({"architecture": "resnet18"}, "architecture must be an object"),
+        (
+            {"architecture": {"name": "resnet18", "num_classes": 3, "conv1_t_size": "seven"}},
+            "conv1_t_size must be an integer",
+        ),
+        ({"architecture": {"name": "resnet18", "num_classes": 3, "in_channels": 3}}, "in_channels is 3"),
+    ],
+)
+def test_hand_edited_classifier_card_is_a_model_error(
+    clf_dir: Path, edit: dict[str, Any], message: str
+) -> None:
+    _restamp(clf_dir, **edit)
+    with pytest.raises(ModelError, match=rf"model\.json.*{message}"):
+        SliceClassifier.from_bundle(clf_dir)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            {"preprocessing": {"window": {"level": None, "width": 1}, "image_size": SIZE}},
+            "preprocessing.window",
+        ),
+        ({"preprocessing": {"image_size": 4.5}}, "image_size must be an integer"),
+        ({"preprocessing": {"image_size": 0}}, "not a positive multiple of 16"),
+        ({"architecture": {"name": "basic_unet", "features": [4, "x", 8, 8, 16, 4]}}, "features must be 6"),
+        ({"architecture": {"name": "basic_unet", "features": 4}}, "features must be 6"),
+        ({"labels": {"zero": "background"}}, "labels must map"),
+    ],
+)
+def test_hand_edited_segmenter_card_is_a_model_error(
+    tmp_path: Path, edit: dict[str, Any], message: str
+) -> None:
+    torch.manual_seed(0)
+    save_component(tmp_path / "seg", build_segmenter(features=(4, 4, 8, 8, 16, 4)).state_dict(), _seg_card())
+    _restamp(tmp_path / "seg", **edit)
+    with pytest.raises(ModelError, match=rf"model\.json.*{message}"):
+        UNetSegmenter.from_bundle(tmp_path / "seg")
+
+
+def _add_calibration(clf_dir: Path, arr: np.ndarray, **entry: Any) -> None:
+    np.save(clf_dir / "calibration.npy", arr)
+    _restamp(clf_dir, calibration={"file": "calibration.npy", "n": len(arr), **entry})
+
+
+def test_calibration_slices_load_from_the_bundle(clf_dir: Path) -> None:
+    assert SliceClassifier.from_bundle(clf_dir).calibration is None
+    rng = np.random.default_rng(0)
+    arr = rng.random((5, 1, SIZE, SIZE)).astype(np.float16)
+    _add_calibration(clf_dir, arr)
+    calib = SliceClassifier.from_bundle(clf_dir).calibration
+    assert calib is not None and calib.dtype == np.float32 and calib.shape == (5, 1, SIZE, SIZE)
+    np.testing.assert_array_equal(calib, arr.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("arr", "entry", "message"),
+    [
+        (np.zeros((4, 1, 16, 16), np.float16), {}, "calibration slices must be"),
+        (np.zeros((4, 1, SIZE, SIZE), np.float16), {"n": 9}, "n = 9"),
+        (np.zeros((4, 1, SIZE, SIZE), np.int16), {}, "calibration slices must be"),
+        (np.full((4, 1, SIZE, SIZE), np.nan, np.float16), {}, "NaN"),
+        (np.zeros((4, 1, SIZE, SIZE), np.float16), {"sha256": "0" * 64}, "does not match the sha256"),
+    ],
+)
+def test_bad_calibration_is_a_model_error(
+    clf_dir: Path, arr: np.ndarray, entry: dict[str, Any], message: str
+) -> None:
+    _add_calibration(clf_dir, arr, **entry)
+    with pytest.raises(ModelError, match=message):
+        SliceClassifier.from_bundle(clf_dir)
+
+
+def test_missing_calibration_file_is_a_model_error(clf_dir: Path) -> None:
+    _add_calibration(clf_dir, np.zeros((2, 1, SIZE, SIZE), np.float16))
+    (clf_dir / "calibration.npy").unlink()
+    with pytest.raises(ModelError, match=r"calibration\.npy is listed in .*model\.json but missing"):
+        SliceClassifier.from_bundle(clf_dir)
+
+
+def test_json_safe_is_public() -> None:
+    assert json_safe({"a": float("nan"), 1: (1.0, float("inf"))}) == {"a": None, "1": [1.0, None]}

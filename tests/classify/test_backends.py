@@ -141,7 +141,7 @@ def test_export_is_cached_and_keyed_by_weights(
 ) -> None:
     first = B.export_onnx(net, image_size=SIZE, cache_dir=tmp_path)
     assert first.exists()
-    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]  # no half-written leftovers
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]  # no half-written leftovers
 
     def boom(*args: object, **kwargs: object) -> None:
         raise AssertionError("exported twice")
@@ -206,3 +206,43 @@ def test_onnx_without_spinning_matches(
     path = B.export_onnx(net, image_size=SIZE, cache_dir=cache)
     runner = B.OnnxRunner("onnx", path, threads=1, spin=False)
     np.testing.assert_allclose(runner(x), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_auto_falls_back_when_export_fails(
+    net: torch.nn.Module, cache: Path, x: np.ndarray, reference: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_export(*args: object, **kwargs: object) -> Path:
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(B, "export_onnx", broken_export)
+    monkeypatch.setattr(B, "AUTO_CPU_ORDER", ("onnx", "openvino", "channels_last", "torch"))
+    runner = B.make_runner(net, backend="auto", image_size=SIZE, cache_dir=cache)
+    assert runner.name == "channels_last"
+    np.testing.assert_allclose(runner(x), reference, rtol=1e-4, atol=1e-4)
+    # a named backend still fails loudly
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        B.make_runner(net, backend="onnx", image_size=SIZE, cache_dir=cache)
+
+
+def test_torch_threads_only_set_when_asked(net: torch.nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    B.make_runner(net, backend="torch", image_size=SIZE)
+    assert calls == []  # the process-wide setting is left alone by default
+    B.make_runner(net, backend="torch", image_size=SIZE, threads=1)
+    assert calls == [1]
+
+
+def test_openvino_runner_is_thread_safe(net: torch.nn.Module, cache: Path) -> None:
+    if B.unavailable_reason("openvino") is not None:
+        pytest.skip("openvino missing")
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = B.make_runner(net, backend="openvino", image_size=SIZE, cache_dir=cache, threads=1)
+    inputs = [_slices(4, seed=10 + i) for i in range(4)]
+    with torch.inference_mode():
+        expected = [net(torch.from_numpy(a)).numpy() for a in inputs]
+    with ThreadPoolExecutor(4) as pool:
+        outs = list(pool.map(lambda i: runner(inputs[i % 4]), range(32)))
+    for i, out in enumerate(outs):
+        np.testing.assert_allclose(out, expected[i % 4], rtol=1e-4, atol=1e-4)

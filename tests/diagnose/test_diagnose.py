@@ -8,9 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from covidct.cli._common import show_progress, study_stem
 from covidct.cli.main import main
 from covidct.decide import decide, kept_range
-from covidct.diagnose import Diagnoser
+from covidct.diagnose import Diagnoser, check_device
+from covidct.errors import ConfigError
 from covidct.registry import CLASS_NAMES
 
 
@@ -128,3 +130,131 @@ def test_cli_diagnose_files_need_an_output_folder(
     study = _study_dirs(small_cohort)[0]
     assert main(["diagnose", str(study), "--model", str(tiny_model_dir), "--report", "html"]) == 2
     assert "-o" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:x", "mps"])
+def test_bad_device_is_a_config_error(tiny_model_dir: Path, device: str) -> None:
+    with pytest.raises(ConfigError, match="--device"):
+        Diagnoser(tiny_model_dir, device=device, backend="torch")
+
+
+def test_cuda_without_cuda_is_a_config_error(tiny_model_dir: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        check_device("cuda")
+    assert check_device("cpu") == "cpu"
+
+
+def test_cli_bad_device_backend_and_output_are_one_line(
+    tiny_model_dir: Path, small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = str(_study_dirs(small_cohort)[0])
+    base = ["diagnose", study, "--model", str(tiny_model_dir)]
+    a_file = tmp_path / "taken.json"
+    a_file.write_text("{}")
+    for extra, needle in (
+        (["--device", "gpu"], "--device 'gpu'"),
+        (["--backend", "tensorrt"], "unknown backend 'tensorrt'"),
+        (["-o", str(a_file)], "is a file, not a folder"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], (extra, err)
+    assert a_file.read_text() == "{}"
+
+
+def test_cli_dicom_seg_refuses_zip_input_up_front(
+    tiny_model_dir: Path, small_cohort: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zipfile
+
+    study = _study_dirs(small_cohort)[0]
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(study.iterdir()):
+            zf.write(f, f.name)
+    out = tmp_path / "out"
+    code = main(["diagnose", str(archive), "--model", str(tiny_model_dir), "-o", str(out), "--dicom-seg"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--dicom-seg" in err[0] and "zip" in err[0]
+    assert not out.exists()  # refused before any work
+
+
+def test_study_stem_and_progress_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert study_stem("scans/p 1.nii.gz") == "p_1"
+    assert study_stem("a/b/vol.nhdr") == "vol" and study_stem("x.mhd") == "x" and study_stem("/") == "study"
+
+    class FakeTTY:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", FakeTTY())
+    assert show_progress(False) is True and show_progress(True) is False
+    monkeypatch.undo()
+    assert show_progress(False) is False  # pytest's captured stderr is not a terminal
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    ok = np.isfinite(a).all(axis=1)
+    return float(np.mean(a[ok].argmax(1) == b[ok].argmax(1)))
+
+
+@pytest.mark.slow
+def test_cli_onnx_int8_calibrates_on_the_first_study(
+    tiny_model_dir: Path,
+    small_cohort: Path,
+    diagnoser: Diagnoser,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from covidct.classify.backends import unavailable_reason
+
+    if (why := unavailable_reason("onnx-int8")) is not None:
+        pytest.skip(why)
+    monkeypatch.setenv("COVIDCT_CACHE_DIR", str(tmp_path / "cache"))
+    study = _study_dirs(small_cohort)[0]
+    caplog.set_level("INFO", logger="covidct.diagnose")
+    code = main(["diagnose", str(study), "--model", str(tiny_model_dir), "--backend", "onnx-int8", "--json"])
+    assert code == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["model"]["backend"] == "onnx-int8"
+    assert "calibrating on" in caplog.text and "first study" in caplog.text
+    int8 = np.array([[np.nan if v is None else v for v in row] for row in doc["slice_probabilities"]])
+    fp32 = diagnoser.diagnose(study).probabilities
+    assert np.isfinite(int8).sum() == np.isfinite(fp32).sum() > 0
+    assert _agreement(fp32, int8) >= 0.8
+
+
+@pytest.mark.slow
+def test_int8_from_bundle_calibration(
+    tiny_model_dir: Path, small_cohort: Path, diagnoser: Diagnoser, tmp_path: Path
+) -> None:
+    import shutil
+
+    from covidct.bundle import read_card, write_card, write_pipeline
+    from covidct.classify.backends import unavailable_reason
+
+    if (why := unavailable_reason("onnx-int8")) is not None:
+        pytest.skip(why)
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model, ignore=shutil.ignore_patterns(".cache"))
+    study = _study_dirs(small_cohort)[1]
+    first = diagnoser.diagnose(study)
+    start, stop = kept_range(first.volume.n_slices)
+    calib = diagnoser.pipeline.classifier.preprocess(first.volume, first.mask, range(start, stop))
+    np.save(model / "classifier" / "calibration.npy", calib.astype(np.float16))
+    card = read_card(model / "classifier")
+    card["calibration"] = {"file": "calibration.npy", "n": len(calib)}
+    write_card(model / "classifier", card)
+    write_pipeline(model, segmenter="classical")
+    int8 = Diagnoser(model, backend="onnx-int8")
+    assert int8.backend == "onnx-int8" and int8._pending is None  # built at once, from the bundle
+    other = _study_dirs(small_cohort)[2]
+    got, ref = int8.diagnose(other), diagnoser.diagnose(other)
+    assert got.model["backend"] == "onnx-int8"
+    assert _agreement(ref.probabilities, got.probabilities) >= 0.8

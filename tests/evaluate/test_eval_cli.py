@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -52,12 +51,25 @@ def test_evaluate_data_needs_model(tmp_path: Path, capsys: pytest.CaptureFixture
     assert "--model" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("covidct.evaluate.cohort") is not None, reason="cohort exists")
-def test_evaluate_data_without_cohort_module(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert (
-        main(["evaluate", "--data", str(tmp_path), "--model", str(tmp_path), "-o", str(tmp_path / "o")]) == 2
-    )
-    assert "--predictions" in capsys.readouterr().err
+def test_evaluate_data_passes_progress_bootstrap_and_seed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import covidct.evaluate.cohort as cohort
+
+    seen: dict[str, object] = {}
+
+    def fake(data: str, model: str, out: Path, **kw: object) -> dict[str, object]:
+        seen.update(kw)
+        rate = {"value": 1.0, "numerator": 1, "denominator": 1}
+        return {"patient": {"n": 1, "overall_accuracy": rate}, "ablation": {"variants": {}}}
+
+    monkeypatch.setattr(cohort, "evaluate_cohort", fake)
+    args = ["evaluate", "--data", str(tmp_path), "--model", str(tmp_path), "-o", str(tmp_path / "o")]
+    assert main([*args, "--no-progress", "--bootstrap", "7", "--seed", "3"]) == 0
+    assert seen["progress"] is False and seen["n_boot"] == 7 and seen["seed"] == 3
+    assert main(args) == 0
+    assert seen["progress"] is False  # stderr is not a terminal under pytest
+    assert "accuracy 100.00%" in capsys.readouterr().out
 
 
 def write_reader_files(tmp_path: Path) -> dict[str, Path]:

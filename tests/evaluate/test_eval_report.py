@@ -112,3 +112,33 @@ def test_write_evaluation_from_decisions_and_timing_override(tmp_path: Path) -> 
 def test_write_evaluation_rejects_empty(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no records"):
         write_evaluation([], tmp_path)
+
+
+def test_ablation_uses_the_rule_the_diagnoses_were_made_with(tmp_path: Path) -> None:
+    # 5/16 kept COVID-19 slices: above the default 20 % threshold, below a model's 40 %
+    rule = {"head": 0.1, "tail": 0.14, "threshold": 0.4}
+    recs = [PredictionRecord("v1", 2, 0, slice_predictions=MINORITY_COVID)]
+    assert decide(list(MINORITY_COVID), **rule).diagnosis == "normal"
+    metrics = write_evaluation(recs, tmp_path / "custom", rule=rule, n_boot=0)
+    assert metrics["ablation"]["params"] == rule
+    assert metrics["ablation"]["variants"]["full"]["predictions"] == {"v1": "normal"}  # = the diagnosis
+    default = write_evaluation(recs, tmp_path / "default", n_boot=0)
+    assert default["ablation"]["variants"]["full"]["predictions"] == {"v1": "covid19"}
+    with pytest.raises(ValueError, match="head \\+ tail"):
+        write_evaluation(recs, tmp_path / "bad", rule={"head": 0.5, "tail": 0.5}, n_boot=0)
+
+
+def test_figures_leave_the_matplotlib_backend_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib
+
+    from covidct.evaluate.plots import confusion_matrix_png, readers_chart_png
+
+    def no_switch(*args: object, **kwargs: object) -> None:
+        raise AssertionError("matplotlib.use() changes the backend of the whole process")
+
+    monkeypatch.setattr(matplotlib, "use", no_switch)
+    png = confusion_matrix_png(np.array([[2, 1, 0], [0, 1, 0], [0, 0, 3]]), tmp_path / "cm.png")
+    chart = readers_chart_png({"AI": {"accuracy": 0.9, "covid19_sensitivity": None}}, tmp_path / "r.png")
+    for path in (png, chart):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cm.png", "r.png"]  # no temporary leftovers
