@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from covidct.cli._common import show_progress, study_stem
 from covidct.errors import ConfigError
 from covidct.registry import LUNG_WINDOW, Window
 
@@ -47,15 +48,6 @@ def register(sub: Any) -> None:
 def png_name(index: int, position_mm: float) -> str:
     """``slice_0000_pos+123.50.png``: sorting the names keeps the slice order for up to 10,000 slices."""
     return f"slice_{index:04d}_pos{position_mm:+.2f}.png"
-
-
-def study_stem(path: str) -> str:
-    name = Path(str(path).rstrip("/")).name or "study"
-    for suffix in (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm"):
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
 
 
 def write_pngs(volume: CTVolume, out_dir: Path, *, win: Window = LUNG_WINDOW) -> list[Path]:
@@ -97,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         win = parse_window(args.window) if args.window else LUNG_WINDOW
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    volume = load_study(args.input, workers=args.workers, progress=not args.no_progress)
+    volume = load_study(args.input, workers=args.workers, progress=show_progress(args.no_progress))
     if not volume.slices:
         raise ConfigError(f"{args.input}: the volume carries no slice list")
     out = Path(args.output)

@@ -14,8 +14,8 @@
     out/cohort.csv                        patient, class, split suggestion, scanner settings, lesion burden
 
 Label rows exist only for COVID-19 and CAP patients, in Index order (row = Label Index). Series longer than
-200 slices keep their first 200 label columns. The whole cohort is written to ``out.partial`` and renamed,
-so a failure never leaves half a cohort under ``out``. Same arguments -> same bytes.
+200 slices keep their first 200 label columns. The whole cohort is written to a hidden, unique
+``.<out>.*.partial`` folder beside ``out`` and renamed, so a failure never leaves half a cohort under ``out``. Same arguments -> same bytes.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import io
 import logging
 import shutil
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -154,10 +155,8 @@ def generate_cohort(
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty: choose a new folder or pass overwrite")
     counts = class_counts(patients, mix)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # a unique staging folder: concurrent runs never share it
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     order = [c for c in ("covid19", "cap", "normal") for _ in range(counts[c])]
     rows: list[dict[str, object]] = []
     index_rows: list[str] = []
