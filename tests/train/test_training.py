@@ -66,6 +66,7 @@ def test_classifier_learns_and_beats_chance_on_heldout(
     assert sum(card["calibration"]["classes"].values()) == calib.shape[0]
     # held-out phantoms (another seed), preprocessed exactly as at inference
     clf = SliceClassifier.from_bundle(out)
+    assert clf.calibration is not None and clf.calibration.shape == calib.shape  # read back for int8
     ys, preds = [], []
     for rec in read_manifest(phantom_heldout):
         vol = load_study(rec.path)
