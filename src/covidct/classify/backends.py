@@ -107,11 +107,10 @@ def array_hash(x: np.ndarray) -> str:
 
 
 def cpu_threads() -> int:
-    """Cores this process may use (affinity-aware)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return max(1, os.cpu_count() or 1)
+    """Cores this process may use (affinity-aware): the project's one core count."""
+    from covidct.io.loader import available_cpus
+
+    return available_cpus()
 
 
 def has_fast_bf16() -> bool:
