@@ -11,7 +11,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="generate synthetic cohorts, train both networks, evaluate on another scanner's cohort",
-        description="The end-to-end demo on embedded synthetic data, CPU only, about 15 minutes on 2 cores.",
+        description="The end-to-end demo on embedded synthetic data, CPU only, about 12 minutes on 2 cores.",
     )
     p.add_argument("-o", "--output", default="runs/demo", metavar="OUT_DIR", help="default runs/demo")
     p.add_argument(
