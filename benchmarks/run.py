@@ -26,25 +26,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, gemm_ceiling, machine, time_call
+from _report import E2E_HEADER
 
 logger = logging.getLogger("benchmarks")
 
 
 class NotAvailable(Exception):
     """A stage cannot be measured here; the message says why."""
-
-
-E2E_HEADER = [
-    "series",
-    "model",
-    "backend",
-    "s/study (median)",
-    "load",
-    "segment",
-    "classify",
-    "decide",
-    "diagnosis",
-]
 
 
 def make_timing_bundle(directory: Path, *, arch: str = "resnet50", image_size: int = 224) -> Path:
