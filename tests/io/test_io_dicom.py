@@ -314,6 +314,48 @@ def test_parallel_equals_serial_and_load_equals_open_read(tmp_path: Path, write_
     np.testing.assert_array_equal(open_study(tmp_path).read().hu, serial.hu)
 
 
+def test_pool_is_kept_between_studies_and_headers_read_in_it(tmp_path: Path, write_series, dw) -> None:
+    from covidct.io import loader
+
+    hu = dw.phantom(6)
+    write_series(tmp_path, hu)
+    first = load_study(tmp_path, workers=2)  # headers and pixels both read by the 2-process pool
+    pool = loader._POOLS[2]
+    second = load_study(tmp_path, workers=2)
+    assert loader._POOLS[2] is pool  # started once, used again
+    np.testing.assert_array_equal(first.hu, hu)
+    np.testing.assert_array_equal(second.hu, hu)
+    assert [s.source for s in second.slices] == [s.source for s in load_study(tmp_path, workers=1).slices]
+
+
+def test_broken_pool_falls_back_to_serial_and_is_dropped(
+    tmp_path: Path, write_series, dw, monkeypatch, caplog
+) -> None:
+    from concurrent.futures.process import BrokenProcessPool
+
+    from covidct.io import loader
+
+    class Broken:
+        shut = False
+
+        def map(self, fn, chunks):
+            raise BrokenProcessPool("a worker died")
+            yield  # pragma: no cover - makes this a generator like Executor.map's result
+
+        def shutdown(self, **kw) -> None:
+            Broken.shut = True
+
+    broken = Broken()
+    monkeypatch.setitem(loader._POOLS, 3, broken)
+    hu = dw.phantom(5)
+    write_series(tmp_path, hu)
+    with caplog.at_level(logging.WARNING):
+        vol = load_study(tmp_path, workers=3)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert Broken.shut and loader._POOLS.get(3) is not broken
+    assert "serially" in caplog.text
+
+
 def test_parallel_from_a_threaded_process(tmp_path: Path, write_series, dw) -> None:
     """With other threads alive the pool must not fork the threaded process (forkserver instead)."""
     from concurrent.futures import ThreadPoolExecutor

@@ -156,6 +156,11 @@ def _pixel_data_state(fp: Any, size: int) -> str:
     return "ok" if start + length <= size else "truncated"
 
 
+def read_headers(paths: list[str]) -> list[_Header | tuple[str, str]]:
+    """:func:`read_header` of each path (a unit of work for a process pool)."""
+    return [read_header(p) for p in paths]
+
+
 def read_header(path: str) -> _Header | tuple[str, str]:
     """Read one file's header. Returns the header, or ``(path, reason)`` when the file cannot be used."""
     import pydicom
@@ -353,7 +358,7 @@ def discover(
         raise InputError(
             f"{root}: no files found (empty folder); give a folder of DICOM files of one CT study"
         )
-    reader = header_reader or (lambda fs: [read_header(f) for f in fs])
+    reader = header_reader or read_headers
     results = reader(files)
     skipped: list[dict[str, str]] = [
         {"path": name(p), "reason": "not DICOM (by its file name suffix)"} for p in ignored or ()

@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -221,16 +221,38 @@ def _copy_meta(meta: StudyMeta) -> StudyMeta:
 
 
 def _pool_context() -> Any:
-    """fork when this process is single-threaded (cheapest); else a clean forkserver (forking a threaded
-    process, e.g. a web server or torch, can deadlock the child); spawn where neither exists."""
+    """forkserver where it exists (workers forked from a small, clean server process: never a copy of this
+    process, which may be large and threaded, e.g. holding torch, CUDA or a web server); spawn elsewhere."""
     methods = multiprocessing.get_all_start_methods()
-    if sys.platform.startswith("linux") and "fork" in methods and threading.active_count() == 1:
-        return multiprocessing.get_context("fork")
     if "forkserver" in methods:
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(["covidct.io.dicom"])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+#: Decoding pools kept for the life of the process, one per worker count: starting a pool costs more than
+#: decoding a study on a small machine, so a Diagnoser reading many studies starts it once.
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _shared_pool(n_workers: int, ctx: Any) -> ProcessPoolExecutor:
+    """The process's decoding pool of ``n_workers`` processes (started on first use)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(n_workers)
+        if pool is None:
+            pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+            _POOLS[n_workers] = pool
+        return pool
+
+
+def _drop_pool(n_workers: int, pool: ProcessPoolExecutor) -> None:
+    """Forget a broken pool so that the next study starts a fresh one."""
+    with _POOLS_LOCK:
+        if _POOLS.get(n_workers) is pool:
+            del _POOLS[n_workers]
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _main_reimport_safe(ctx: Any) -> bool:
@@ -276,13 +298,62 @@ def _decode_serial(jobs: list[Any], bar: Any) -> list[np.ndarray | str]:
     return out
 
 
+def _n_workers(workers: int | None, n_jobs: int) -> int:
+    """Processes for ``n_jobs`` files: ``workers`` (None = automatic: serial below a few dozen files)."""
+    n = default_workers() if workers is None else max(1, int(workers))
+    if workers is None and n_jobs < _PARALLEL_MIN_FILES:
+        n = 1
+    return max(1, min(n, n_jobs))
+
+
+def _chunks(items: list[Any], n_workers: int) -> list[list[Any]]:
+    """``items`` cut into about four pieces per worker, in order."""
+    n_chunks = min(len(items), n_workers * 4)
+    bounds = np.linspace(0, len(items), n_chunks + 1).astype(int)
+    return [items[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _parallel(fn: Any, chunks: list[Any], n_workers: int, what: str) -> Iterator[list[Any]] | None:
+    """``fn`` over ``chunks`` in the shared pool, results in order; None when processes cannot be used here
+    (the caller then works serially). A pool that breaks mid-way raises BrokenProcessPool and is dropped."""
+    ctx = _pool_context()
+    if not _main_reimport_safe(ctx):
+        log.info(
+            "%s serially: the calling script has no 'if __name__ == \"__main__\":' guard, which worker "
+            "processes need (%s start method); add it to work in parallel",
+            what,
+            ctx.get_start_method(),
+        )
+        return None
+    pool = _shared_pool(n_workers, ctx)
+
+    def results() -> Iterator[list[Any]]:
+        try:
+            yield from pool.map(fn, chunks)
+        except (OSError, BrokenProcessPool):
+            _drop_pool(n_workers, pool)
+            raise
+
+    return results()
+
+
+def _read_headers(files: list[str], workers: int | None) -> list[Any]:
+    """``dicom.read_header`` of every file, in order; in the shared pool when there are many files."""
+    n = _n_workers(workers, len(files))
+    if n > 1:
+        chunks = _parallel(dicom.read_headers, _chunks(files, n), n, "reading headers")
+        if chunks is not None:
+            try:
+                return [h for chunk in chunks for h in chunk]
+            except (OSError, BrokenProcessPool) as exc:  # no processes here (sandbox, no /dev/shm)
+                log.warning("parallel header reading unavailable (%s); reading serially", exc)
+    return dicom.read_headers(files)
+
+
 def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) -> list[np.ndarray | str]:
     """Decode ``refs`` in order, serially or with a process pool of ``workers`` (None = automatic)."""
     jobs = dicom.group_by_file(refs)
-    n_workers = default_workers() if workers is None else max(1, int(workers))
-    if workers is None and len(jobs) < _PARALLEL_MIN_FILES:
-        n_workers = 1
-    n_workers = min(n_workers, len(jobs))
+    n_workers = _n_workers(workers, len(jobs))
     bar: Any = _NoBar()
     if progress and sys.stderr.isatty():  # a tqdm bar starts a monitor thread: only make one when shown
         from tqdm import tqdm
@@ -290,29 +361,19 @@ def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) 
         bar = tqdm(total=len(refs), unit="slice", desc="decoding", file=sys.stderr)
     out: list[np.ndarray | str] = []
     try:
-        if n_workers <= 1:
-            return _decode_serial(jobs, bar)
-        n_chunks = min(len(jobs), n_workers * 4)
-        bounds = np.linspace(0, len(jobs), n_chunks + 1).astype(int)
-        chunks = [jobs[a:b] for a, b in itertools.pairwise(bounds) if b > a]
-        ctx = _pool_context()
-        if not _main_reimport_safe(ctx):
-            log.info(
-                "decoding serially: the calling script has no 'if __name__ == \"__main__\":' guard, which "
-                "decoding processes need (%s start method); add it to decode in parallel",
-                ctx.get_start_method(),
-            )
-            return _decode_serial(jobs, bar)
-        try:
-            with ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx) as pool:
-                for res in pool.map(dicom.decode_chunk, chunks):
+        chunks = None
+        if n_workers > 1:
+            chunks = _parallel(dicom.decode_chunk, _chunks(jobs, n_workers), n_workers, "decoding")
+        if chunks is not None:
+            try:
+                for res in chunks:
                     out.extend(res)
                     bar.update(len(res))
-            return out
-        except (OSError, BrokenProcessPool) as exc:  # no processes here (sandbox, no /dev/shm): go serial
-            log.warning("parallel decoding unavailable (%s); decoding serially", exc)
-            bar.reset()
-            return _decode_serial(jobs, bar)
+                return out
+            except (OSError, BrokenProcessPool) as exc:  # no processes here (sandbox, no /dev/shm)
+                log.warning("parallel decoding unavailable (%s); decoding serially", exc)
+                bar.reset()
+        return _decode_serial(jobs, bar)
     finally:
         bar.close()
 
@@ -334,7 +395,10 @@ def open_study(path: str | Path, *, workers: int | None = None, min_slices: int 
             raise InputError(
                 f"{p}: the folder is empty (no files); give a folder of DICOM files of one CT study"
             )
-        study = Study(str(p), series=dicom.discover(p, files, ignored=ignored), workers=workers)
+        series = dicom.discover(
+            p, files, ignored=ignored, header_reader=lambda fs: _read_headers(fs, workers)
+        )
+        study = Study(str(p), series=series, workers=workers)
     elif volume_format(p) is not None:
         study = _open_volume(p, volume_format(p) or "")
     elif zipfile.is_zipfile(p):
@@ -374,7 +438,9 @@ def _open_zip(p: Path, workers: int | None) -> Study:
         def display(real: str) -> str:
             return f"{p}!{Path(real).relative_to(root).as_posix()}"
 
-        series = dicom.discover(p, files, display=display, ignored=ignored)
+        series = dicom.discover(
+            p, files, display=display, ignored=ignored, header_reader=lambda fs: _read_headers(fs, workers)
+        )
     except BaseException:
         tmp.cleanup()
         raise
