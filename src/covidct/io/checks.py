@@ -51,40 +51,49 @@ class ChestCheck:
         }
 
 
-def _slice_areas(sl: np.ndarray, pixel_cm2: float) -> tuple[float, float]:
-    """(lung-like area, rejected enclosed-air area) of one slice, in cm²."""
+def _slice_areas(sub: np.ndarray, pixel_cm2: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per slice of ``sub`` ``(z, y, x)`` HU: (lung-like area, rejected enclosed-air area), in cm².
+
+    All slices at once: regions are labelled in 2-D (no connection across slices) by one call, so a 150-slice
+    study costs a few array passes instead of a few calls per slice.
+    """
     from scipy import ndimage as ndi
 
-    air = sl < AIR_THRESHOLD_HU
-    lab, n = ndi.label(air)
+    nz = sub.shape[0]
+    air = sub < AIR_THRESHOLD_HU
+    structure = np.zeros((3, 3, 3), bool)
+    structure[1] = ndi.generate_binary_structure(2, 1)
+    lab, n = ndi.label(air, structure=structure)
     if n == 0:
-        return 0.0, 0.0
-    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-    inside = air & ~np.isin(lab, border)
-    lab, n = ndi.label(inside)
-    if n == 0:
-        return 0.0, 0.0
-    idx = np.arange(1, n + 1)
-    sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:].astype(np.float64)
-    dark = np.asarray(ndi.sum(sl < PURE_AIR_HU, lab, index=idx), dtype=np.float64) / np.maximum(sizes, 1)
-    area = sizes * pixel_cm2
+        return np.zeros(nz), np.zeros(nz)
+    flat = lab.ravel()
+    sizes = np.bincount(flat, minlength=n + 1).astype(np.float64)
+    dark = np.bincount(flat, weights=(sub < PURE_AIR_HU).ravel(), minlength=n + 1)
+    inside = np.ones(n + 1, bool)
+    inside[0] = False
+    inside[lab[:, 0, :]] = inside[lab[:, -1, :]] = inside[lab[:, :, 0]] = inside[lab[:, :, -1]] = False
+    # labels are numbered in scan order and never span slices, so each slice owns a contiguous label range
+    last = np.maximum.accumulate(lab.reshape(nz, -1).max(axis=1))
+    ids = np.flatnonzero(inside)
+    z = np.searchsorted(last, ids, side="left")
+    area = sizes[ids] * pixel_cm2
+    frac = dark[ids] / np.maximum(sizes[ids], 1)
     big = area >= MIN_REGION_CM2
     lung = big & (
-        (dark <= MAX_PURE_AIR_FRACTION) | ((area >= LARGE_REGION_CM2) & (dark <= MAX_PURE_AIR_FRACTION_LARGE))
+        (frac <= MAX_PURE_AIR_FRACTION) | ((area >= LARGE_REGION_CM2) & (frac <= MAX_PURE_AIR_FRACTION_LARGE))
     )
-    return float(area[lung].sum()), float(area[big & ~lung].sum())
+    lung_area = np.bincount(z[lung], weights=area[lung], minlength=nz)
+    rejected = np.bincount(z[big & ~lung], weights=area[big & ~lung], minlength=nz)
+    return lung_area, rejected
 
 
 def check_chest_ct(volume: CTVolume) -> ChestCheck:
-    """Look for lungs in ``volume`` (HU). Works on 1.5 mm in-plane subsampling; about 1 ms a slice."""
+    """Look for lungs in ``volume`` (HU). Works on 1.5 mm in-plane subsampling, all slices at once."""
     hu = volume.hu
     n = volume.n_slices
     step = max(1, round(1.5 / max(min(volume.spacing[1], volume.spacing[2]), 1e-3)))
     pixel_cm2 = volume.spacing[1] * volume.spacing[2] * step * step / 100.0
-    lung_area = np.zeros(n)
-    rejected = np.zeros(n)
-    for k in range(n):
-        lung_area[k], rejected[k] = _slice_areas(np.asarray(hu[k, ::step, ::step]), pixel_cm2)
+    lung_area, rejected = _slice_areas(np.asarray(hu[:, ::step, ::step]), pixel_cm2)
     lung_slices = int(np.count_nonzero(lung_area > 0))
     dz_cm = volume.spacing[0] / 10.0
     lung_ml = float(lung_area.sum() * dz_cm)
