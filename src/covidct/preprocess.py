@@ -10,6 +10,8 @@ import numpy as np
 from covidct.registry import CLASSIFIER_IMAGE_SIZE, LUNG_WINDOW, SEGMENTER_IMAGE_SIZE, Window
 
 if TYPE_CHECKING:
+    import torch
+
     from covidct.io.volume import CTVolume
 
 
@@ -88,11 +90,16 @@ def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
         raise ValueError(f"resize_labels expects (n, h, w), got shape {lab.shape}")
     if lab.shape[1:] == out_hw:
         return lab.copy()
-    h, w = lab.shape[1:]
-    # pixel centres: out pixel i samples input floor((i + 0.5) * h / H)
+    rows, cols = _nearest_index(lab.shape[1:], out_hw)
+    return lab[:, rows[:, None], cols[None, :]]
+
+
+def _nearest_index(in_hw: tuple[int, ...], out_hw: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column sources of nearest-neighbour resizing: out pixel i samples floor((i + 0.5) * h / H)."""
+    h, w = int(in_hw[0]), int(in_hw[1])
     rows = np.minimum(((np.arange(out_hw[0]) + 0.5) * h / out_hw[0]).astype(np.int64), h - 1)
     cols = np.minimum(((np.arange(out_hw[1]) + 0.5) * w / out_hw[1]).astype(np.int64), w - 1)
-    return lab[:, rows[:, None], cols[None, :]]
+    return rows, cols
 
 
 def classifier_inputs(
@@ -130,3 +137,63 @@ def segmenter_inputs(
     """The U-Net segmenter's input: slices in :data:`SEGMENTER_WINDOW` resized to ``(n, 1, S, S)`` float32."""
     idx = _select(volume.hu.shape[0], indices)
     return resize_images(window_fn(volume.hu[idx], window), image_size)[:, None]
+
+
+# --- the same preparation on torch tensors (on the model's device: no host round trip on a GPU) ---------
+
+
+def window_tensor(hu: torch.Tensor, win: Window = LUNG_WINDOW) -> torch.Tensor:
+    """:func:`window` for a tensor of HU (any real dtype, any device): float32 in [0, 1]."""
+    if win.width <= 0:
+        raise ValueError(f"window width must be positive, got {win.width}")
+    return ((hu.float() - float(win.low)) / float(win.width)).clamp_(0.0, 1.0)
+
+
+def resize_tensor(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """:func:`resize_images` for a float32 tensor ``(n, h, w)`` (same interpolation, on its device)."""
+    import torch.nn.functional as F
+
+    out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if images.ndim != 3:
+        raise ValueError(f"resize_tensor expects (n, h, w), got shape {tuple(images.shape)}")
+    if tuple(images.shape[1:]) == out_hw or images.shape[0] == 0:
+        return images.new_zeros((images.shape[0], *out_hw)) if images.shape[0] == 0 else images.clone()
+    shrink = out_hw[0] < images.shape[1] or out_hw[1] < images.shape[2]
+    r = F.interpolate(images[:, None], size=out_hw, mode="bilinear", align_corners=False, antialias=shrink)
+    return r[:, 0]
+
+
+def resize_labels_tensor(labels: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """:func:`resize_labels` for a tensor ``(n, h, w)`` (the same pixel-centre sampling, on its device)."""
+    import torch
+
+    out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if labels.ndim != 3:
+        raise ValueError(f"resize_labels_tensor expects (n, h, w), got shape {tuple(labels.shape)}")
+    rows, cols = _nearest_index(tuple(labels.shape[1:]), out_hw)
+    r = torch.from_numpy(rows).to(labels.device)
+    c = torch.from_numpy(cols).to(labels.device)
+    return labels[:, r[:, None], c[None, :]]
+
+
+def classifier_inputs_tensor(
+    hu: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    image_size: int = CLASSIFIER_IMAGE_SIZE,
+    window: Window = LUNG_WINDOW,
+) -> torch.Tensor:
+    """:func:`classifier_inputs` for the chosen slices already as tensors: HU ``(n, h, w)`` and lung mask
+    ``(n, h, w)`` on one device; returns float32 ``(n, 1, S, S)`` there."""
+    if tuple(mask.shape) != tuple(hu.shape):
+        raise ValueError(f"lung mask shape {tuple(mask.shape)} does not match the slices {tuple(hu.shape)}")
+    win = window_tensor(hu, window)
+    win[mask == 0] = 0.0
+    return resize_tensor(win, image_size)[:, None]
+
+
+def segmenter_inputs_tensor(
+    hu: torch.Tensor, *, image_size: int = SEGMENTER_IMAGE_SIZE, window: Window = SEGMENTER_WINDOW
+) -> torch.Tensor:
+    """:func:`segmenter_inputs` for HU slices ``(n, h, w)`` already as a tensor: ``(n, 1, S, S)`` float32."""
+    return resize_tensor(window_tensor(hu, window), image_size)[:, None]

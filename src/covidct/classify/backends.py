@@ -245,6 +245,8 @@ def _cpu_fp32_copy(network: nn.Module) -> nn.Module:
 class TorchRunner:
     """PyTorch runner: eager, channels-last, compiled, or bfloat16 autocast.
 
+    Takes numpy batches like every runner, or a float32 tensor (on any device; moved to ``device``).
+
     ``fixed_batch`` (used for ``torch.compile(dynamic=False)``): the first call's batch size is the only one
     the network ever sees; larger inputs are split and smaller ones zero-padded, so a study's short last
     batch never triggers a (minutes-long) recompilation.
@@ -258,8 +260,11 @@ class TorchRunner:
     fixed_batch: bool = False
     _batch: int | None = field(default=None, init=False, repr=False)
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
+    def _forward(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
+        if isinstance(x, torch.Tensor):  # already prepared on the device (SliceClassifier.predict_volume)
+            t = x.to(self.device, torch.float32)
+        else:
+            t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.device)
         if self.channels_last:
             t = t.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
@@ -270,9 +275,11 @@ class TorchRunner:
                 out = self.network(t)
         return out.float().cpu().numpy()
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
+    def __call__(self, x: np.ndarray | torch.Tensor) -> np.ndarray:
         if not self.fixed_batch or len(x) == 0:
             return self._forward(x)
+        if isinstance(x, torch.Tensor):
+            x = x.cpu().numpy()
         if self._batch is None:
             self._batch = len(x)
         b = self._batch

@@ -19,6 +19,7 @@ from covidct.preprocess import classifier_inputs
 from covidct.registry import LUNG_WINDOW, NUM_CLASSES, Window
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from covidct.io.volume import CTVolume
@@ -159,14 +160,37 @@ class SliceClassifier:
         batch_size: int = 16,
     ) -> np.ndarray:
         """Probabilities for every slice ``(n_slices, 3)``; rows of slices not in ``indices`` are NaN."""
+        from covidct.classify.backends import TorchRunner
+
         n = volume.n_slices
         idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
         probs = np.full((n, NUM_CLASSES), np.nan, dtype=np.float32)
         step = max(1, batch_size)
+        runner = self.runner
+        direct = runner if isinstance(runner, TorchRunner) and not runner.fixed_batch else None
         for i in range(0, idx.size, step):
             chunk = idx[i : i + step]
-            probs[chunk] = self.predict_inputs(self.preprocess(volume, mask, chunk), batch_size=step)
+            if direct is not None:  # prepare the slices where the network runs (no host round trip on a GPU)
+                probs[chunk] = softmax(direct(self._inputs_on(direct.device, volume, mask, chunk)))
+            else:
+                probs[chunk] = self.predict_inputs(self.preprocess(volume, mask, chunk), batch_size=step)
         return probs
+
+    def _inputs_on(
+        self, device: torch.device, volume: CTVolume, mask: np.ndarray, chunk: np.ndarray
+    ) -> torch.Tensor:
+        """:meth:`preprocess` of ``chunk`` computed on ``device`` from HU and mask sent there as they are."""
+        import torch
+
+        from covidct.preprocess import classifier_inputs_tensor
+
+        m = np.asarray(mask)
+        if m.shape != volume.hu.shape:
+            raise ValueError(f"lung mask shape {m.shape} does not match the volume shape {volume.hu.shape}")
+        with torch.inference_mode():
+            hu = torch.from_numpy(np.ascontiguousarray(volume.hu[chunk])).to(device)
+            lung = torch.from_numpy(np.ascontiguousarray(m[chunk])).to(device)
+            return classifier_inputs_tensor(hu, lung, image_size=self.image_size, window=self.window)
 
 
 def load_calibration(directory: Path, card: dict[str, Any], *, image_size: int) -> np.ndarray | None:

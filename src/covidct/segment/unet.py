@@ -11,15 +11,18 @@ from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
+import torch
 from torch import nn
 
 from covidct.errors import ModelError
 from covidct.io.volume import CTVolume
-from covidct.preprocess import SEGMENTER_WINDOW, resize_labels, segmenter_inputs
+from covidct.preprocess import SEGMENTER_WINDOW, resize_labels_tensor, segmenter_inputs_tensor
 from covidct.registry import SEGMENTER_IMAGE_SIZE, Window
 
 #: Default channel widths of BasicUNet (5 encoder levels + the last decoder level).
 DEFAULT_FEATURES: Final[tuple[int, ...]] = (16, 32, 64, 128, 256, 16)
+#: Slices per forward pass when none is given, by device type.
+DEFAULT_BATCH_SIZE: Final[dict[str, int]] = {"cpu": 4, "cuda": 64}
 
 
 def build_segmenter(
@@ -52,17 +55,21 @@ class UNetSegmenter:
         window: Window = SEGMENTER_WINDOW,
         card: dict[str, Any] | None = None,
         device: str = "cpu",
-        batch_size: int = 4,
+        batch_size: int | None = None,
     ) -> None:
         self.network = network.to(device).eval()
         self.image_size = int(image_size)
         self.window = window
         self.card: dict[str, Any] = dict(card or {})
         self.device = device
+        if batch_size is None:
+            batch_size = DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
         self.batch_size = max(1, int(batch_size))
 
     @classmethod
-    def from_bundle(cls, directory: str | Path, *, device: str = "cpu", batch_size: int = 4) -> UNetSegmenter:
+    def from_bundle(
+        cls, directory: str | Path, *, device: str = "cpu", batch_size: int | None = None
+    ) -> UNetSegmenter:
         """Load a segmenter bundle written by ``covidct train segmenter``."""
         from covidct.bundle import CARD_NAME, card_int, card_window, load_component, load_state_checked
 
@@ -95,22 +102,39 @@ class UNetSegmenter:
         """Labels ``(n, S, S)`` uint8 for preprocessed inputs ``(n, 1, S, S)``."""
         import torch
 
-        out = []
         with torch.inference_mode():
-            for i in range(0, x.shape[0], self.batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(x[i : i + self.batch_size])).to(self.device)
-                out.append(self.network(t).argmax(dim=1).to(torch.uint8).cpu().numpy())
-        if not out:
-            return np.zeros((0, self.image_size, self.image_size), np.uint8)
-        return np.concatenate(out, axis=0)
+            return self._labels(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).cpu().numpy()
+
+    def _labels(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 labels ``(n, S, S)`` on the network's device for inputs ``(n, 1, S, S)``, in batches."""
+        import torch
+
+        if x.shape[0] == 0:
+            return torch.zeros((0, self.image_size, self.image_size), dtype=torch.uint8, device=self.device)
+        return torch.cat(
+            [
+                self.network(x[i : i + self.batch_size].to(self.device)).argmax(dim=1).to(torch.uint8)
+                for i in range(0, x.shape[0], self.batch_size)
+            ]
+        )
 
     def apply(self, volume: CTVolume) -> np.ndarray:
-        """The lung mask of ``volume``: uint8 ``(z, y, x)``, 0 background, 1 right, 2 left."""
+        """The lung mask of ``volume``: uint8 ``(z, y, x)``, 0 background, 1 right, 2 left.
+
+        Slices travel to the network's device as HU (int16 where the volume is) and are windowed, resized,
+        segmented and resized back there; only the uint8 mask comes back.
+        """
+        import torch
+
         z, h, w = volume.shape
         mask = np.zeros((z, h, w), np.uint8)
+        hu = torch.from_numpy(np.ascontiguousarray(volume.hu))
         step = max(self.batch_size * 4, 1)
-        for i in range(0, z, step):
-            idx = np.arange(i, min(z, i + step))
-            x = segmenter_inputs(volume, indices=idx, image_size=self.image_size, window=self.window)
-            mask[idx] = resize_labels(self.predict_inputs(x), (h, w))
+        with torch.inference_mode():
+            for i in range(0, z, step):
+                x = segmenter_inputs_tensor(
+                    hu[i : i + step].to(self.device), image_size=self.image_size, window=self.window
+                )
+                labels = resize_labels_tensor(self._labels(x), (h, w))
+                mask[i : i + step] = labels.cpu().numpy()
         return mask
