@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -73,6 +76,14 @@ class StudyResult:
         }
 
 
+class Outcome(NamedTuple):
+    """One study of :meth:`Diagnoser.diagnose_many`: its source and either the result or the error."""
+
+    source: str | Path | CTVolume
+    result: StudyResult | None
+    error: Exception | None
+
+
 def lung_volumes_ml(mask: np.ndarray, volume: CTVolume) -> dict[str, float]:
     """Right and left lung volumes in millilitres, rounded to 0.1 ml (``segment.quality.lung_volumes_ml``)."""
     from covidct.segment.quality import lung_volumes_ml as volumes
@@ -98,6 +109,15 @@ def check_device(device: str) -> str:
     elif dev.type != "cpu":
         raise ConfigError(f"--device {device!r}: covidct runs on cpu or cuda only")
     return device
+
+
+#: Slices per classifier batch when none is given: one CUDA batch holds a whole study's kept slices.
+DEFAULT_BATCH_SIZE: dict[str, int] = {"cpu": 16, "cuda": 128}
+
+
+def default_batch_size(device: str) -> int:
+    """The classifier batch size used on ``device`` when none is given (:data:`DEFAULT_BATCH_SIZE`)."""
+    return DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
 
 
 #: Backends that need calibration slices (int8 quantisation, or the agreement check of auto-reduced).
@@ -130,13 +150,15 @@ class Diagnoser:
         *,
         device: str = "cpu",
         backend: str = "auto",
-        batch_size: int = 16,
+        batch_size: int | None = None,
         classify_all: bool = False,
         workers: int | None = None,
     ) -> None:
         from covidct.bundle import load_pipeline, software_versions
         from covidct.classify.backends import BACKENDS, unavailable_reason
 
+        if batch_size is None:
+            batch_size = default_batch_size(device)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
         if backend not in ("auto", "auto-reduced", *BACKENDS):
@@ -160,6 +182,11 @@ class Diagnoser:
         self._software = software_versions()
         self._lock = threading.Lock()
         self._pending: str | None = None
+        self._checker = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidct-check")
+            if self.device.startswith("cuda")
+            else None
+        )
         self.backend = self._install_backend(backend)
 
     def _install_backend(self, backend: str) -> str:
@@ -214,26 +241,90 @@ class Diagnoser:
 
     def diagnose(self, source: str | Path | CTVolume, *, progress: bool = False) -> StudyResult:
         """Diagnose one study (a path any ingestion format accepts, or a loaded volume)."""
-        from covidct.decide import decide, kept_range
-        from covidct.io import check_chest_ct, load_study
+        volume, name, t_load = self._load(source, progress=progress)
+        return self._diagnose_volume(volume, name, t_load)
+
+    def diagnose_many(
+        self, sources: Iterable[str | Path | CTVolume], *, prefetch: int = 1
+    ) -> Iterator[Outcome]:
+        """Diagnose many studies, reading the next ``prefetch`` studies while the current one is computed.
+
+        Yields one :class:`Outcome` per source, in input order; a study that fails (bad input, not a chest
+        CT, any error) yields its exception in ``Outcome.error`` and the rest go on. Reading (header parsing
+        and decoding, in worker processes) overlaps segmentation and classification, which pays most on a
+        GPU; ``prefetch=0`` reads each study only when its turn comes. Results equal :meth:`diagnose`'s.
+        A study's ``timing_s["load"]`` is its own reading time, partly hidden behind the previous study.
+        """
+        if prefetch < 0:
+            raise ConfigError(f"prefetch must be >= 0, got {prefetch}")
+        items = iter(sources)
+        pending: deque[tuple[str | Path | CTVolume, Future[tuple[CTVolume, str, float]]]] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="covidct-read") as pool:
+
+            def submit_next() -> None:
+                for source in items:
+                    pending.append((source, pool.submit(self._load, source)))
+                    return
+
+            for _ in range(prefetch + 1):
+                submit_next()
+            while pending:
+                source, future = pending.popleft()
+                submit_next()
+                try:
+                    volume, name, t_load = future.result()
+                    result = self._diagnose_volume(volume, name, t_load)
+                except Exception as exc:  # reported per study; the caller decides what is fatal
+                    yield Outcome(source, None, exc)
+                    continue
+                yield Outcome(source, result, None)
+
+    def _load(self, source: str | Path | CTVolume, *, progress: bool = False) -> tuple[CTVolume, str, float]:
+        """The study's volume, its display name and the seconds spent reading it."""
+        from covidct.io import load_study
         from covidct.io.volume import CTVolume
 
-        timing: dict[str, float] = {}
-        t_start = time.perf_counter()
-        if isinstance(source, CTVolume):
-            volume, name = source, "<volume>"
-        else:
-            name = str(source)
-            volume = load_study(source, workers=self.workers, progress=progress)
-        timing["load"] = time.perf_counter() - t_start
-
         t = time.perf_counter()
-        check = check_chest_ct(volume)
-        if not check.is_chest_ct:
-            raise NotChestCTError(f"{name}: {check.reason}; covidct needs a chest CT that shows the lungs")
+        if isinstance(source, CTVolume):
+            return source, "<volume>", 0.0
+        volume = load_study(source, workers=self.workers, progress=progress)
+        return volume, str(source), time.perf_counter() - t
+
+    def _diagnose_volume(self, volume: CTVolume, name: str, t_load: float) -> StudyResult:
+        """Check, segment, classify and decide one loaded study."""
+        from covidct.decide import decide, kept_range
+        from covidct.io import check_chest_ct
+        from covidct.io.checks import ChestCheck
+
+        timing: dict[str, float] = {"load": t_load}
+        t_start = time.perf_counter()
+
+        def timed_check() -> tuple[ChestCheck, float]:
+            t = time.perf_counter()
+            return check_chest_ct(volume), time.perf_counter() - t
+
+        check_future: Future[tuple[ChestCheck, float]]
+
+        def require_chest() -> None:
+            check, timing["check"] = check_future.result()
+            if not check.is_chest_ct:
+                raise NotChestCTError(
+                    f"{name}: {check.reason}; covidct needs a chest CT that shows the lungs"
+                )
+
+        # On a GPU the CPU would idle while the networks run: the chest check runs beside them, and its
+        # verdict is awaited before any answer is given. On a CPU it runs first.
+        if self._checker is not None:
+            check_future = self._checker.submit(timed_check)
+        else:
+            check_future = Future()
+            check_future.set_result(timed_check())
+            require_chest()
+        t = time.perf_counter()
         mask = self.pipeline.segmenter.apply(volume)
         timing["segment"] = time.perf_counter() - t
         if not np.any(mask):
+            require_chest()
             raise NotChestCTError(f"{name}: no lung was found by the segmenter; is this a chest CT?")
 
         t = time.perf_counter()
@@ -246,11 +337,12 @@ class Diagnoser:
             volume, mask, indices=indices, batch_size=self.batch_size
         )
         timing["classify"] = time.perf_counter() - t
+        require_chest()
 
         t = time.perf_counter()
         decision = decide(probs, head=self.head, tail=self.tail, threshold=self.threshold)
         timing["decide"] = time.perf_counter() - t
-        timing["total"] = time.perf_counter() - t_start
+        timing["total"] = t_load + time.perf_counter() - t_start
         model: dict[str, Any] = dict(self.pipeline.identity.to_json())
         model["backend"] = self.backend
         return StudyResult(

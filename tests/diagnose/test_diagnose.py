@@ -12,7 +12,7 @@ from covidct.cli._common import show_progress, study_stem
 from covidct.cli.main import main
 from covidct.decide import decide, kept_range
 from covidct.diagnose import Diagnoser, check_device
-from covidct.errors import ConfigError
+from covidct.errors import ConfigError, InputError, NotChestCTError
 from covidct.registry import CLASS_NAMES
 
 
@@ -63,6 +63,61 @@ def test_classify_all_fills_every_row(tiny_model_dir: Path, small_cohort: Path) 
         _study_dirs(small_cohort)[2]
     )
     assert np.isfinite(result.probabilities).all()
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_diagnose_many_matches_diagnose_in_order(
+    diagnoser: Diagnoser, small_cohort: Path, tmp_path: Path, prefetch: int
+) -> None:
+    studies = _study_dirs(small_cohort)[:3]
+    bad = tmp_path / "not_a_study"
+    bad.mkdir()
+    sources = [studies[0], bad, studies[1], studies[2]]
+    outcomes = list(diagnoser.diagnose_many(sources, prefetch=prefetch))
+    assert [o.source for o in outcomes] == sources
+    assert outcomes[1].result is None and isinstance(outcomes[1].error, InputError)
+    assert "not_a_study" in str(outcomes[1].error)
+    for o in (outcomes[0], outcomes[2], outcomes[3]):
+        assert o.error is None and o.result is not None
+        one = diagnoser.diagnose(o.source)
+        assert o.result.input == one.input == str(o.source)
+        assert o.result.diagnosis == one.diagnosis
+        np.testing.assert_array_equal(o.result.mask, one.mask)
+        np.testing.assert_allclose(o.result.probabilities, one.probabilities, rtol=1e-5, atol=1e-6)
+        assert o.result.timing_s["load"] > 0.0
+
+
+def test_chest_check_beside_the_networks_gives_the_same_answers(
+    tiny_model_dir: Path, small_cohort: Path
+) -> None:
+    """On CUDA the chest check runs in a thread beside segmentation and classification (forced here)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from covidct.io.volume import CTVolume
+
+    dx = Diagnoser(tiny_model_dir, backend="torch")
+    study = _study_dirs(small_cohort)[0]
+    ref = dx.diagnose(study)
+    dx._checker = ThreadPoolExecutor(max_workers=1)
+    got = dx.diagnose(study)
+    assert got.diagnosis == ref.diagnosis and got.timing_s["check"] > 0.0
+    np.testing.assert_allclose(got.probabilities, ref.probabilities, rtol=1e-5, atol=1e-6)
+    water = CTVolume(np.zeros((12, 64, 64), np.int16), (2.0, 0.7, 0.7))  # no air inside a body: no lungs
+    with pytest.raises(NotChestCTError, match="chest CT"):
+        dx.diagnose(water)
+    dx._checker.shutdown()
+
+
+def test_diagnose_many_rejects_negative_prefetch(diagnoser: Diagnoser) -> None:
+    with pytest.raises(ConfigError, match="prefetch"):
+        next(diagnoser.diagnose_many([], prefetch=-1))
+
+
+def test_default_batch_size_by_device() -> None:
+    from covidct.diagnose import default_batch_size
+
+    assert default_batch_size("cpu") == 16
+    assert default_batch_size("cuda:0") == default_batch_size("cuda") > default_batch_size("cpu")
 
 
 def test_cli_diagnose_writes_outputs_and_skips_bad_studies(

@@ -18,17 +18,17 @@ def test_cohort_survives_an_unexpected_error_and_restores_the_diagnoser(
 ) -> None:
     diagnoser = Diagnoser(tiny_model_dir, backend="torch")
     diagnoser.threshold = 0.35  # a model whose rule is not the registry default
-    real = diagnoser.diagnose
+    real = diagnoser._diagnose_volume
     calls: list[str] = []
 
-    def flaky(source: Any, **kw: Any) -> Any:
-        calls.append(str(source))
+    def flaky(volume: Any, name: str, t_load: float) -> Any:
+        calls.append(name)
         if len(calls) == 1:
             raise RuntimeError("decoder blew up")
         assert diagnoser.classify_all  # every slice is classified for the ablation
-        return real(source, **kw)
+        return real(volume, name, t_load)
 
-    monkeypatch.setattr(diagnoser, "diagnose", flaky)
+    monkeypatch.setattr(diagnoser, "_diagnose_volume", flaky)
     out = tmp_path / "eval"
     metrics = evaluate_cohort(small_cohort, None, out, diagnoser=diagnoser, progress=False, n_boot=0)
     assert len(calls) == 3

@@ -33,7 +33,12 @@ def register(sub: Any) -> None:
         help="classifier backend: auto, auto-reduced, torch, onnx, onnx-int8, openvino, openvino-int8, ... "
         "(int8 calibrates on the model's calibration.npy, else on the first study)",
     )
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="slices per classifier batch (default 16 on cpu, 128 on cuda)",
+    )
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: cores)")
     p.add_argument("--classify-all", action="store_true", help="also classify the slices the rule drops")
     p.add_argument("--no-strip", action="store_true", help="do not draw the slice-strip figure")
@@ -69,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
 
     from covidct.diagnose import Diagnoser
 
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out_dir = Path(args.output) if args.output else None
     if out_dir is None and (args.report or args.dicom_seg or args.save_mask):
@@ -95,15 +100,25 @@ def run(args: argparse.Namespace) -> int:
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     failures = 0
-    bar = tqdm(args.inputs, desc="studies", unit="study", disable=not progress or len(args.inputs) < 2)
+    bar = tqdm(
+        total=len(args.inputs), desc="studies", unit="study", disable=not progress or len(args.inputs) < 2
+    )
     used_stems: set[str] = set()
-    for source in bar:
-        try:
-            result = diagnoser.diagnose(source, progress=progress)
-        except CovidCTError as exc:
+    # several studies: the next one is read while the current one is computed
+    outcomes = (
+        diagnoser.diagnose_many(args.inputs)
+        if len(args.inputs) > 1
+        else iter([_one(diagnoser, args.inputs[0], progress)])
+    )
+    for source, result, error in outcomes:
+        bar.update(1)
+        if error is not None:
+            if not isinstance(error, CovidCTError):
+                raise error
             failures += 1
-            tqdm.write(f"{source}: FAILED: {exc}", file=sys.stderr)
+            tqdm.write(f"{source}: FAILED: {error}", file=sys.stderr)
             continue
+        assert result is not None  # an outcome holds a result or an error
         doc = result.to_json()
         d = result.decision
         tqdm.write(
@@ -114,16 +129,27 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(doc, allow_nan=False))
         if out_dir is None:
             continue
-        stem = study_stem(source)
+        stem = study_stem(str(source))
         while stem in used_stems:
             stem += "_"
         used_stems.add(stem)
         _write_json(out_dir / f"{stem}.json", doc)
         _write_extras(result, out_dir, stem, args, diagnoser)
+    bar.close()
     if failures:
         print(f"covidct diagnose: {failures} of {len(args.inputs)} studies failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _one(diagnoser: Any, source: str, progress: bool) -> Any:
+    """The one study of a single-input run as an Outcome (read with a decoding progress bar)."""
+    from covidct.diagnose import Outcome
+
+    try:
+        return Outcome(source, diagnoser.diagnose(source, progress=progress), None)
+    except CovidCTError as exc:
+        return Outcome(source, None, exc)
 
 
 def _write_extras(result: Any, out_dir: Path, stem: str, args: argparse.Namespace, diagnoser: Any) -> None:

@@ -108,9 +108,15 @@ def _evaluate(
     failures: list[dict[str, str]] = []
     drawn: set[str] = set()
     t0 = time.perf_counter()
-    for rec in tqdm(records, desc="diagnosing", unit="study", disable=not progress):
+    outcomes = diagnoser.diagnose_many([rec.path for rec in records])
+    for rec, (_, result, error) in tqdm(
+        zip(records, outcomes, strict=True), total=len(records), desc="diagnosing", unit="study",
+        disable=not progress,
+    ):  # fmt: skip
         try:
-            result = diagnoser.diagnose(rec.path)
+            if error is not None:
+                raise error
+            assert result is not None  # an outcome holds a result or an error
             truth = slice_classes(rec, result.volume.n_slices)
             doc = result.to_json()
             doc["case"], doc["truth"] = rec.case, rec.diagnosis
