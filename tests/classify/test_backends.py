@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -173,7 +174,7 @@ def test_auto_picks_an_fp32_backend(
 
 
 def test_auto_reduced_checks_agreement(
-    net: torch.nn.Module, cache: Path, monkeypatch: pytest.MonkeyPatch
+    net: torch.nn.Module, cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     calib = _slices(16, seed=2)
     # no calibration slices: nothing to check agreement on, so float32
@@ -182,9 +183,14 @@ def test_auto_reduced_checks_agreement(
     )
     if B.unavailable_reason("onnx-int8") is not None:
         pytest.skip("onnxruntime missing")
-    got = B.make_runner(net, backend="auto-reduced", image_size=SIZE, calibration=calib, cache_dir=cache)
-    agree = B.agreement(B.make_runner(net, backend="torch", image_size=SIZE)(calib), got(calib))
+    with caplog.at_level(logging.INFO, logger="covidct.classify.backends"):
+        got = B.make_runner(net, backend="auto-reduced", image_size=SIZE, calibration=calib, cache_dir=cache)
+    # judged on the slices it was not calibrated on (every other one)
+    held_out = calib[1::2]
+    agree = B.agreement(B.make_runner(net, backend="torch", image_size=SIZE)(held_out), got(held_out))
     assert (got.name in B.REDUCED_BACKENDS) == (agree >= B.AGREEMENT_MIN)
+    if got.name in B.REDUCED_BACKENDS:  # 8 slices cannot show 99% agreement: the user is told so
+        assert "8 held-out calibration slices" in caplog.text and "bench_agreement.py" in caplog.text
     # an impossible bar forces the float32 fall-back
     monkeypatch.setattr(B, "AGREEMENT_MIN", 1.01)
     fallback = B.make_runner(net, backend="auto-reduced", image_size=SIZE, calibration=calib, cache_dir=cache)
