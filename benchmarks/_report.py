@@ -8,18 +8,23 @@ import numpy as np
 
 from _common import md_table
 
-#: Columns of the end-to-end table; run.py fills its rows in this order.
+#: Columns of the end-to-end table; run.py fills its rows in this order (the per-stage seconds are
+#: E2E_STAGES).
 E2E_HEADER = [
     "series",
     "model",
     "backend",
     "s/study (median)",
     "load",
+    "check",
     "segment",
     "classify",
     "decide",
     "diagnosis",
 ]
+
+#: The Diagnoser's per-stage timing keys, as columns of the end-to-end table.
+E2E_STAGES = E2E_HEADER[4:-1]
 
 STUDY = 150
 #: Slices of a 150-slice study the rule keeps (10% head, 14% tail truncated): the ones classified.

@@ -1,6 +1,7 @@
 """covidct benchmark: prints the figures and writes BENCHMARKS.md at the repository root.
 
     python benchmarks/run.py [--quick] [--repeats N] [--threads T] [--model-dir DIR] [--out PATH]
+        [--summary FILE] [--include FILE ...]
 
 Measures, in one run: the machine's float32 GEMM ceiling (torch, T threads, 2048^3, before and after the
 rest, as a noise check), the slice classifier per backend and batch size (slices/s, GFLOP/s, ratio to the
@@ -8,6 +9,9 @@ ceiling, agreement with float32 and patient decisions), segmentation (project U-
 architecture, classical) and decoding (pylibjpeg vs GDCM, serial vs parallel), and, once the Diagnoser exists,
 end to end. Uses the real series in ../shared/data/covid-ct-md when present and synthetic slices otherwise.
 Every figure is a median; any component that is absent is reported as "not available: why".
+``--summary`` puts a hand-written reading under the title; ``--include`` appends sections measured elsewhere
+(the GPU figures of ``bench_gpu.py``, the agreement table of ``bench_agreement.py``, kept in
+``benchmarks/results/``).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import REPO, gemm_ceiling, machine, time_call
-from _report import E2E_HEADER
+from _report import E2E_STAGES
 
 logger = logging.getLogger("benchmarks")
 
@@ -35,8 +39,15 @@ class NotAvailable(Exception):
     """A stage cannot be measured here; the message says why."""
 
 
-def make_timing_bundle(directory: Path, *, arch: str = "resnet50", image_size: int = 224) -> Path:
-    """A pipeline folder with a random-weights classifier and the classical segmenter: for timing only."""
+def make_timing_bundle(
+    directory: Path, *, arch: str = "resnet50", image_size: int = 224, segmenter_dir: Path | None = None
+) -> Path:
+    """A pipeline folder with a random-weights classifier: for timing only.
+
+    The segmenter is the classical one, or a copy of the U-Net bundle ``segmenter_dir`` when given.
+    """
+    import shutil
+
     import torch
 
     from covidct.bundle import save_component, write_pipeline
@@ -66,7 +77,11 @@ def make_timing_bundle(directory: Path, *, arch: str = "resnet50", image_size: i
         },
     }
     save_component(directory / "classifier", net.state_dict(), card)
-    write_pipeline(directory, segmenter="classical", name="timing-only")
+    segmenter = "classical"
+    if segmenter_dir is not None:
+        segmenter = "segmenter"
+        shutil.copytree(segmenter_dir, directory / segmenter, ignore=shutil.ignore_patterns("training"))
+    write_pipeline(directory, segmenter=segmenter, name="timing-only")
     return directory
 
 
@@ -75,7 +90,7 @@ def bench_end_to_end(
     series: dict[str, Path],
     *,
     repeats: int = 2,
-    backends: tuple[str, ...] = ("torch", "auto"),
+    backends: tuple[str, ...] = ("torch", "auto", "auto-reduced"),
 ) -> list[list[Any]]:
     """Seconds per study from files to JSON diagnosis, per backend, with the Diagnoser's per-stage times.
 
@@ -104,7 +119,7 @@ def bench_end_to_end(
         try:
             dx = Diagnoser(model_dir, backend=backend)
         except Exception as exc:
-            rows.append(["-", label, backend, float("nan"), "", "", "", "", f"not available: {exc}"])
+            rows.append(["-", label, backend, float("nan"), *[""] * len(E2E_STAGES), f"not available: {exc}"])
             continue
         for name, folder in series.items():
             runs: list[dict[str, Any]] = []
@@ -114,7 +129,7 @@ def bench_end_to_end(
 
             t = time_call(once, repeats=repeats, warmup=1)
             stages = {
-                k: float(np.median([r["timing_s"].get(k, np.nan) for r in runs[1:]])) for k in E2E_HEADER[4:8]
+                k: float(np.median([r["timing_s"].get(k, np.nan) for r in runs[1:]])) for k in E2E_STAGES
             }
             rows.append(
                 [
@@ -191,8 +206,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--skip", default="", help="comma-separated stages to skip: classify,segment,decode,decide,e2e"
     )
+    ap.add_argument(
+        "--summary",
+        type=Path,
+        default=None,
+        help="Markdown placed under the title (the hand-written reading)",
+    )
+    ap.add_argument(
+        "--include",
+        type=Path,
+        action="append",
+        default=[],
+        help="Markdown appended as it is (e.g. benchmarks/results/*.md from a GPU run); may be repeated",
+    )
     ap.add_argument("-v", "--verbose", action="store_true")
     args = ap.parse_args(argv)
+    for extra in [args.summary, *args.include]:
+        if extra is not None and not extra.is_file():
+            ap.error(f"{extra}: no such file")
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.DEBUG if args.verbose else logging.INFO)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
@@ -313,6 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         sections=sections,
         threads=args.threads,
     )
+    if args.summary is not None:
+        head, sep, rest = text.partition("\n## Machine")
+        text = head + "\n" + args.summary.read_text().strip() + "\n" + sep + rest
+    for extra in args.include:
+        text = text.rstrip("\n") + "\n\n" + extra.read_text().strip() + "\n"
     print(text)
     tmp = args.out.with_name(args.out.name + ".tmp")
     tmp.write_text(text)
