@@ -34,7 +34,9 @@ def test_classifier_and_segmenter_inputs_match_numpy(size: int) -> None:
     vol, mask = _volume()
     idx = np.array([1, 3, 4])
     ref = classifier_inputs(vol, mask, indices=idx, image_size=size)
-    got = classifier_inputs_tensor(torch.from_numpy(vol.hu[idx]), torch.from_numpy(mask[idx]), image_size=size)
+    got = classifier_inputs_tensor(
+        torch.from_numpy(vol.hu[idx]), torch.from_numpy(mask[idx]), image_size=size
+    )
     assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape
     np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-6)
     seg_ref = segmenter_inputs(vol, indices=idx, image_size=size)
