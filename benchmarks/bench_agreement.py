@@ -31,9 +31,9 @@ from _data import real_series
 REFERENCE = "onnx"
 
 
-def study_folders(cohort: Path | None) -> dict[str, Path]:
+def study_folders(cohort: Path | None, *, real: bool = True) -> dict[str, Path]:
     """The real series (``real/<case>``) and the cohort's study folders (``<cohort>/<folder>``)."""
-    out = {f"real/{k}": v for k, v in real_series().items()}
+    out = {f"real/{k}": v for k, v in real_series().items()} if real else {}
     if cohort is not None:
         for d in sorted(p for p in cohort.rglob("*") if p.is_dir()):
             if any(f.suffix == ".dcm" for f in d.iterdir()):
@@ -49,10 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--backends", default="onnx-int8,openvino-int8,bf16")
     ap.add_argument("--out", type=Path, default=None, help="also write the Markdown table here")
+    ap.add_argument("--device", default="cpu", help="where the reduced-precision backends run (bf16: cuda)")
+    ap.add_argument("--no-real", action="store_true", help="leave out the real series of ../shared/data")
     args = ap.parse_args(argv)
 
     from covidct.bundle import load_pipeline
-    from covidct.classify.backends import unavailable_reason
+    from covidct.classify.backends import make_runner, unavailable_reason
     from covidct.classify.inference import softmax
     from covidct.decide import decide, kept_range
     from covidct.io import load_study
@@ -65,12 +67,20 @@ def main(argv: list[str] | None = None) -> int:
     runners: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for name in names:
-        why = unavailable_reason(name)
+        device = "cpu" if name == REFERENCE else args.device
+        why = unavailable_reason(name, device)
         if why:
             skipped[name] = why
             continue
-        runners[name] = clf.make_runner(name, cache_dir=cache)
-    studies = study_folders(args.cohort)
+        runners[name] = make_runner(
+            clf.network,
+            backend=name,
+            image_size=clf.image_size,
+            device=device,
+            calibration=clf.calibration,
+            cache_dir=cache,
+        )
+    studies = study_folders(args.cohort, real=not args.no_real)
     if not studies:
         print("no studies: give --cohort, or put the real series in ../shared/data", file=sys.stderr)
         return 1
@@ -128,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(
         [
             f"Model: {clf.card.get('name')} ({clf.card.get('architecture', {}).get('name')}, "
-            f"{clf.image_size}x{clf.image_size}); reference {REFERENCE} (float32); {len(studies)} studies; "
+            f"{clf.image_size}x{clf.image_size}); reference {REFERENCE} (float32, CPU); others on {args.device}; "
+            f"{len(studies)} studies; "
             f"float32 slice classes (normal, cap, covid19): {classes.tolist()}.",
             "",
             md_table(header, rows),

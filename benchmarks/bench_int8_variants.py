@@ -1,0 +1,124 @@
+"""Which int8 quantisation keeps a trained classifier's answers? Variants of ONNX Runtime static quantisation.
+
+    python benchmarks/bench_int8_variants.py MODEL_DIR [--cohort runs/demo/data/test]
+
+Same studies and comparison as ``bench_agreement.py`` (kept slices of the real series and of ``--cohort``,
+float32 ONNX Runtime as the reference, argmax per slice, the paper's rule per study); the variants differ in
+the calibration method and in leaving the first convolution and the final linear layer in float32. All are
+calibrated on the bundle's ``calibration.npy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_agreement import study_folders
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("model_dir", type=Path)
+    ap.add_argument("--cohort", type=Path, default=None)
+    args = ap.parse_args(argv)
+
+    import onnx
+    import onnxruntime as ort
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from covidct.bundle import load_pipeline
+    from covidct.classify.backends import export_onnx
+    from covidct.classify.inference import softmax
+    from covidct.decide import decide, kept_range
+    from covidct.io import load_study
+
+    pipe = load_pipeline(args.model_dir)
+    clf = pipe.classifier
+    if clf.calibration is None:
+        print(f"{args.model_dir}: the classifier bundle has no calibration.npy", file=sys.stderr)
+        return 1
+    calib = clf.calibration
+    cache = Path(tempfile.mkdtemp(prefix="covidct-int8-"))
+    studies: dict[str, tuple[int, int, int, np.ndarray]] = {}
+    for case, folder in study_folders(args.cohort).items():
+        vol = load_study(folder)
+        mask = pipe.segmenter.apply(vol)
+        start, stop = kept_range(vol.n_slices, head=pipe.rule["head"], tail=pipe.rule["tail"])
+        studies[case] = (vol.n_slices, start, stop, clf.preprocess(vol, mask, np.arange(start, stop)))
+    fp32 = export_onnx(clf.network, image_size=clf.image_size, cache_dir=cache)
+
+    def run(path: Path, x: np.ndarray) -> np.ndarray:
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return np.concatenate([sess.run(None, {"x": x[i : i + 32]})[0] for i in range(0, len(x), 32)])
+
+    ref = {k: run(fp32, v[3]) for k, v in studies.items()}
+    graph = onnx.load(str(fp32)).graph
+    first_conv = next(n.name for n in graph.node if n.op_type == "Conv")
+    linear = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
+    keep_fp32 = [first_conv, *linear]
+    pct = {"CalibPercentile": 99.99}
+    variants: dict[str, dict[str, Any]] = {
+        "MinMax (covidct's)": {"calibrate_method": CalibrationMethod.MinMax},
+        "MinMax, first conv + fc float32": {"calibrate_method": CalibrationMethod.MinMax, "nodes_to_exclude": keep_fp32},
+        "Percentile 99.99": {"calibrate_method": CalibrationMethod.Percentile, "extra_options": pct},
+        "Percentile 99.99, first conv + fc float32": {
+            "calibrate_method": CalibrationMethod.Percentile, "extra_options": pct, "nodes_to_exclude": keep_fp32,
+        },
+        "Entropy": {"calibrate_method": CalibrationMethod.Entropy},
+    }  # fmt: skip
+    pre = cache / "pre.onnx"
+    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
+    rows = []
+    for i, (name, kw) in enumerate(variants.items()):
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self.it = iter(calib[j : j + 8] for j in range(0, len(calib), 8))
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                batch = next(self.it, None)
+                return None if batch is None else {"x": batch}
+
+        out = cache / f"variant{i}.onnx"
+        t0 = time.perf_counter()
+        quantize_static(
+            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **kw,
+        )  # fmt: skip
+        same = total = decisions = 0
+        worst = 1.0
+        for case, (n, start, stop, x) in studies.items():
+            q, r = run(out, x), ref[case]
+            agree = q.argmax(1) == r.argmax(1)
+            same, total = same + int(agree.sum()), total + len(agree)
+            worst = min(worst, float(agree.mean()))
+            pr = np.full((n, 3), np.nan, np.float32)
+            pq = pr.copy()
+            pr[start:stop], pq[start:stop] = softmax(r), softmax(q)
+            decisions += decide(pr, **pipe.rule).diagnosis == decide(pq, **pipe.rule).diagnosis
+        rows.append((name, 100 * same / total, 100 * worst, f"{decisions}/{len(studies)}"))
+        print(f"{name}: {rows[-1][1:]} ({time.perf_counter() - t0:.0f} s)")
+    print(f"\n{clf.card.get('name')}, {total} kept slices, {len(studies)} studies\n")
+    print("| int8 variant | % slices = float32 | worst study % | same patient decision |\n|---|---|---|---|")
+    for name, a, w, d in rows:
+        print(f"| {name} | {a:.1f} | {w:.1f} | {d} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
