@@ -147,7 +147,7 @@ def _notched_lung() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_wall_concavity_is_filled_only_where_it_rests_on_lung() -> None:
-    from covidct.segment.classical import _fill_wall_pockets, _LazyDepth
+    from covidct.segment.fill import _fill_wall_pockets, _LazyDepth
 
     body, lung, bite = _notched_lung()
     filled = _fill_wall_pockets(lung, _LazyDepth(body, 1.0), 64.0)  # no slice below: in-plane rule alone
