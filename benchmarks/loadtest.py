@@ -31,36 +31,6 @@ from pathlib import Path
 from typing import Any
 
 
-def tiny_pipeline(root: Path) -> Path:
-    import torch
-
-    from covidct.bundle import save_component, write_pipeline
-    from covidct.classify.networks import build_classifier
-    from covidct.registry import CLASS_NAMES, LUNG_WINDOW
-
-    torch.manual_seed(0)
-    card = {
-        "kind": "classifier",
-        "name": "loadtest-random-resnet18",
-        "classes": list(CLASS_NAMES),
-        "architecture": {
-            "name": "resnet18",
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "num_classes": 3,
-            "conv1_t_size": 7,
-            "conv1_t_stride": 2,
-        },
-        "preprocessing": {
-            "window": {"level": LUNG_WINDOW.level, "width": LUNG_WINDOW.width},
-            "image_size": 64,
-        },
-    }
-    save_component(root / "classifier", build_classifier("resnet18").state_dict(), card)
-    write_pipeline(root, segmenter="classical", classifier="classifier")
-    return root
-
-
 def study_bytes(kind: str, tmp: Path, *, seed: int) -> tuple[str, bytes]:
     """One synthetic COVID-19 patient (128 x 128, small) as a DICOM zip or NIfTI."""
     from covidct.data.synth import generate_cohort
@@ -114,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from covidct.diagnose import Diagnoser
     from covidct.serve.app import ServeSettings, create_app
+    from covidct.testing import random_pipeline
 
     with tempfile.TemporaryDirectory(prefix="covidct-loadtest-") as tmp_s:
         tmp = Path(tmp_s)
-        model = args.model or tiny_pipeline(tmp / "model")
+        model = args.model or random_pipeline(tmp / "model", name="loadtest-random-resnet18")
         name, payload = study_bytes(args.study, tmp, seed=11)
         settings = ServeSettings(workers=args.workers, max_pending=args.max_pending, work_dir=tmp / "work")
         app = create_app(Diagnoser(model, backend="torch"), settings=settings)

@@ -42,47 +42,11 @@ class NotAvailable(Exception):
 def make_timing_bundle(
     directory: Path, *, arch: str = "resnet50", image_size: int = 224, segmenter_dir: Path | None = None
 ) -> Path:
-    """A pipeline folder with a random-weights classifier: for timing only.
+    """A pipeline folder with a random-weights classifier (timing only): :func:`covidct.testing.random_pipeline`
+    with the default model's architecture and input size."""
+    from covidct.testing import random_pipeline
 
-    The segmenter is the classical one, or a copy of the U-Net bundle ``segmenter_dir`` when given.
-    """
-    import shutil
-
-    import torch
-
-    from covidct.bundle import save_component, write_pipeline
-    from covidct.classify.networks import build_classifier
-    from covidct.registry import CLASS_NAMES, LUNG_WINDOW
-
-    torch.manual_seed(0)
-    net = build_classifier(arch)
-    card = {
-        "kind": "classifier",
-        "name": f"random-{arch}-{image_size} (timing only)",
-        "classes": list(CLASS_NAMES),
-        "architecture": {
-            "name": arch,
-            "library": "monai.networks.nets.ResNet",
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "num_classes": 3,
-            "conv1_t_size": 7,
-            "conv1_t_stride": 2,
-            "norm": "batch",
-        },
-        "preprocessing": {
-            "window": {"level": LUNG_WINDOW.level, "width": LUNG_WINDOW.width},
-            "image_size": image_size,
-            "function": "covidct.preprocess.classifier_inputs",
-        },
-    }
-    save_component(directory / "classifier", net.state_dict(), card)
-    segmenter = "classical"
-    if segmenter_dir is not None:
-        segmenter = "segmenter"
-        shutil.copytree(segmenter_dir, directory / segmenter, ignore=shutil.ignore_patterns("training"))
-    write_pipeline(directory, segmenter=segmenter, name="timing-only")
-    return directory
+    return random_pipeline(directory, arch=arch, image_size=image_size, segmenter_dir=segmenter_dir)
 
 
 def bench_end_to_end(

@@ -57,35 +57,9 @@ def normal001_dir(covid_ct_md: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A pipeline folder with a random-weight ResNet-18 at 64x64 and the classical segmenter (fast, untrained)."""
-    import torch
+    from covidct.testing import random_pipeline
 
-    from covidct.bundle import save_component, write_pipeline
-    from covidct.classify.networks import build_classifier
-    from covidct.registry import CLASS_NAMES, LUNG_WINDOW
-
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny_model")
-    net = build_classifier("resnet18")
-    card = {
-        "kind": "classifier",
-        "name": "tiny-random-resnet18",
-        "classes": list(CLASS_NAMES),
-        "architecture": {
-            "name": "resnet18",
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "num_classes": 3,
-            "conv1_t_size": 7,
-            "conv1_t_stride": 2,
-        },
-        "preprocessing": {
-            "window": {"level": LUNG_WINDOW.level, "width": LUNG_WINDOW.width},
-            "image_size": 64,
-        },
-    }
-    save_component(root / "classifier", net.state_dict(), card)
-    write_pipeline(root, segmenter="classical", classifier="classifier")
-    return root
+    return random_pipeline(tmp_path_factory.mktemp("tiny_model"), name="tiny-random-resnet18")
 
 
 @pytest.fixture(scope="session")

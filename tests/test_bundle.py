@@ -294,3 +294,20 @@ def test_missing_calibration_file_is_a_model_error(clf_dir: Path) -> None:
 
 def test_json_safe_is_public() -> None:
     assert json_safe({"a": float("nan"), 1: (1.0, float("inf"))}) == {"a": None, "1": [1.0, None]}
+
+
+def test_random_pipeline_with_and_without_a_unet(tmp_path: Path) -> None:
+    from covidct.segment.classical import ClassicalSegmenter
+    from covidct.testing import random_pipeline
+
+    plain = load_pipeline(random_pipeline(tmp_path / "plain", image_size=SIZE))
+    assert isinstance(plain.segmenter, ClassicalSegmenter) and plain.classifier.image_size == SIZE
+    assert "random" in plain.classifier.card["name"]
+    save_component(tmp_path / "seg", build_segmenter(features=(4, 4, 8, 8, 16, 4)).state_dict(), _seg_card())
+    with_unet = load_pipeline(
+        random_pipeline(tmp_path / "unet", image_size=SIZE, segmenter_dir=tmp_path / "seg")
+    )
+    assert isinstance(with_unet.segmenter, UNetSegmenter)
+    # seeded: the same weights twice
+    again = load_pipeline(random_pipeline(tmp_path / "again", image_size=SIZE))
+    assert plain.classifier.card["weights"]["sha256"] == again.classifier.card["weights"]["sha256"]
