@@ -5,7 +5,8 @@
 Same studies and comparison as ``bench_agreement.py`` (kept slices of the real series and of ``--cohort``,
 float32 ONNX Runtime as the reference, argmax per slice, the paper's rule per study); the variants differ in
 the calibration method and in leaving the first convolution and the final linear layer in float32. All are
-calibrated on the bundle's ``calibration.npy``.
+calibrated on the bundle's ``calibration.npy`` by :func:`covidct.classify.backends.quantize_int8` (QDQ,
+per-channel int8 weights, uint8 activations), which covidct's int8 backends use with MinMax.
 """
 
 from __future__ import annotations
@@ -32,17 +33,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnx
     import onnxruntime as ort
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from onnxruntime.quantization import CalibrationMethod
 
     from covidct.bundle import load_pipeline
-    from covidct.classify.backends import export_onnx
+    from covidct.classify.backends import export_onnx, quantize_int8
     from covidct.classify.inference import softmax
     from covidct.decide import decide, kept_range
     from covidct.io import load_study
@@ -81,25 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         },
         "Entropy": {"calibrate_method": CalibrationMethod.Entropy},
     }  # fmt: skip
-    pre = cache / "pre.onnx"
-    quant_pre_process(str(fp32), str(pre), skip_symbolic_shape=True)
     rows = []
-    for i, (name, kw) in enumerate(variants.items()):
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self.it = iter(calib[j : j + 8] for j in range(0, len(calib), 8))
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                batch = next(self.it, None)
-                return None if batch is None else {"x": batch}
-
-        out = cache / f"variant{i}.onnx"
+    for name, kw in variants.items():
         t0 = time.perf_counter()
-        quantize_static(
-            str(pre), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, **kw,
-        )  # fmt: skip
+        out = quantize_int8(fp32, calib, cache_dir=cache, options=kw)
         same = total = decisions = 0
         worst = 1.0
         for case, (n, start, stop, x) in studies.items():

@@ -178,11 +178,15 @@ def export_onnx(network: nn.Module, *, image_size: int, cache_dir: Path) -> Path
     return path
 
 
-def quantize_int8(onnx_path: Path, calibration: np.ndarray, *, cache_dir: Path) -> Path:
+def quantize_int8(
+    onnx_path: Path, calibration: np.ndarray, *, cache_dir: Path, options: dict[str, Any] | None = None
+) -> Path:
     """Static int8 QDQ model (per-channel int8 weights, uint8 activations) calibrated on ``calibration``.
 
-    ``calibration``: float32 ``(n, 1, S, S)`` real preprocessed slices (lung window, lungs only). Cached
-    by the float model's name and the calibration data's hash.
+    ``calibration``: float32 ``(n, 1, S, S)`` real preprocessed slices (lung window, lungs only). ``options``:
+    more keyword arguments of ``onnxruntime.quantization.quantize_static`` (e.g. ``calibrate_method``,
+    ``nodes_to_exclude``; for benchmarks of variants). Cached by the float model's name, the calibration
+    data's hash and the options.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -194,7 +198,10 @@ def quantize_int8(onnx_path: Path, calibration: np.ndarray, *, cache_dir: Path) 
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     calib = np.ascontiguousarray(calibration, dtype=np.float32)
-    path = cache_dir / f"{onnx_path.stem}-int8qdq-{array_hash(calib)}.onnx"
+    key = array_hash(calib)
+    if options:
+        key += "-" + hashlib.sha256(repr(sorted(options.items())).encode()).hexdigest()[:8]
+    path = cache_dir / f"{onnx_path.stem}-int8qdq-{key}.onnx"
     if path.exists():
         return path
 
@@ -218,7 +225,7 @@ def quantize_int8(onnx_path: Path, calibration: np.ndarray, *, cache_dir: Path) 
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod.MinMax,
+                **{"calibrate_method": CalibrationMethod.MinMax, **(options or {})},
             )
         finally:
             pre.unlink(missing_ok=True)
