@@ -356,6 +356,22 @@ def test_broken_pool_falls_back_to_serial_and_is_dropped(
     assert "serially" in caplog.text
 
 
+def test_no_worker_processes_means_serial(tmp_path: Path, write_series, dw, monkeypatch, caplog) -> None:
+    """Where a pool cannot even be created (no /dev/shm in a sandbox) headers and pixels are read serially."""
+    from covidct.io import loader
+
+    def no_pool(n_workers, ctx):
+        raise OSError(38, "Function not implemented")
+
+    monkeypatch.setattr(loader, "_shared_pool", no_pool)
+    hu = dw.phantom(5)
+    write_series(tmp_path, hu)
+    with caplog.at_level(logging.WARNING):
+        vol = load_study(tmp_path, workers=2)
+    np.testing.assert_array_equal(vol.hu, hu)
+    assert "reading headers serially" in caplog.text and "decoding serially" in caplog.text
+
+
 def test_parallel_from_a_threaded_process(tmp_path: Path, write_series, dw) -> None:
     """With other threads alive the pool must not fork the threaded process (forkserver instead)."""
     from concurrent.futures import ThreadPoolExecutor

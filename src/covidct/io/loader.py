@@ -325,7 +325,11 @@ def _parallel(fn: Any, chunks: list[Any], n_workers: int, what: str) -> Iterator
             ctx.get_start_method(),
         )
         return None
-    pool = _shared_pool(n_workers, ctx)
+    try:
+        pool = _shared_pool(n_workers, ctx)
+    except OSError as exc:  # no processes here (a sandbox without /dev/shm semaphores)
+        log.warning("worker processes unavailable (%s); %s serially", exc, what)
+        return None
 
     def results() -> Iterator[list[Any]]:
         try:
