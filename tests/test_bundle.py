@@ -311,3 +311,14 @@ def test_random_pipeline_with_and_without_a_unet(tmp_path: Path) -> None:
     # seeded: the same weights twice
     again = load_pipeline(random_pipeline(tmp_path / "again", image_size=SIZE))
     assert plain.classifier.card["weights"]["sha256"] == again.classifier.card["weights"]["sha256"]
+
+
+def test_same_weights_give_the_same_file_bytes(tmp_path: Path) -> None:
+    """Deterministic given a seed: identical weights must hash alike (safetensors orders metadata at random)."""
+    torch.manual_seed(0)
+    state = build_classifier("resnet18").state_dict()
+    hashes = set()
+    for i in range(12):
+        card = save_component(tmp_path / f"c{i}", state, _classifier_card())
+        hashes.add(card["weights"]["sha256"])
+    assert len(hashes) == 1

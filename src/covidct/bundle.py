@@ -246,7 +246,9 @@ def save_component(
     tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
     atomic_write(
         directory / WEIGHTS_NAME,
-        lambda tmp: save_file(tensors, str(tmp), metadata={"format": FORMAT, "kind": str(kind)}),
+        # one metadata key: safetensors writes its metadata map in a random order, so two keys would make
+        # the same weights give different files (and content hashes) from run to run
+        lambda tmp: save_file(tensors, str(tmp), metadata={"format": f"{FORMAT}/{kind}"}),
     )
     full: dict[str, Any] = {
         "format": FORMAT,
