@@ -30,21 +30,14 @@ QUICK_BACKENDS = ("torch", "channels_last", "onnx", "onnx-int8", "openvino", "op
 def build_network(arch: str = "resnet50", *, model_dir: Path | None = None) -> tuple[nn.Module, str]:
     """The classifier network (trained weights from a bundle when given) and where it came from."""
     if model_dir is not None:
-        from covidct.bundle import load_pipeline  # type: ignore[import-not-found]
+        from covidct.bundle import load_pipeline
 
         pipe = load_pipeline(model_dir)
         return pipe.classifier.network.eval(), f"trained bundle {model_dir}"
+    from covidct.classify.networks import build_classifier
+
     torch.manual_seed(0)
-    try:
-        from covidct.classify.networks import build_classifier  # type: ignore[import-not-found]
-
-        return build_classifier(arch).eval(), f"covidct build_classifier({arch!r}), random weights"
-    except ImportError:
-        from monai.networks.nets import resnet18, resnet50
-
-        fn = {"resnet50": resnet50, "resnet18": resnet18}[arch]
-        net = fn(spatial_dims=2, n_input_channels=1, num_classes=3, conv1_t_stride=2, conv1_t_size=7)
-        return net.eval(), f"monai {arch}(conv1_t_stride=2, 1 channel), random weights"
+    return build_classifier(arch).eval(), f"covidct build_classifier({arch!r}), random weights"
 
 
 @dataclass
@@ -192,11 +185,8 @@ def bench_classifier(
     ref_runner = runners.get("torch")
     if ref_runner is not None and studies:
         ref = {s: run_in_batches(ref_runner, v[0]) for s, v in studies.items()}
-        try:
-            from covidct.decide import decide  # type: ignore[import-not-found]
-        except ImportError:
-            decide = None
-            res.notes.append("patient decisions not compared: covidct.decide not available")
+        from covidct.decide import decide
+
         ref_all = np.concatenate(list(ref.values()))
         classes = np.bincount(ref_all.argmax(1), minlength=3).tolist()
         res.notes.append(f"torch fp32 slice classes (normal, cap, covid19) over agreement slices: {classes}")
@@ -210,13 +200,12 @@ def bench_classifier(
                 "agreement": agreement(ref_all, got),
                 "max_abs_logit_diff": float(np.abs(got - ref_all).max()),
             }
-            if decide is not None:
-                same = [
-                    decide(_pad(ref[s], *studies[s][1:])).diagnosis
-                    == decide(_pad(out[s], *studies[s][1:])).diagnosis
-                    for s in studies
-                ]
-                entry["decisions_same"] = f"{sum(same)}/{len(same)}"
+            same = [
+                decide(_pad(ref[s], *studies[s][1:])).diagnosis
+                == decide(_pad(out[s], *studies[s][1:])).diagnosis
+                for s in studies
+            ]
+            entry["decisions_same"] = f"{sum(same)}/{len(same)}"
             res.agreement[name] = entry
     return res
 

@@ -63,11 +63,8 @@ def bench_decode(folder: Path, *, repeats: int = 3, workers: int = 2) -> dict[st
 
             t = time_call(par, repeats=repeats, warmup=1)
         out["rates"][f"pydicom + {plugin}, {workers} processes"] = len(files) / t.median
-    try:
-        from covidct.io import load_study
-    except ImportError as exc:
-        out["unavailable"]["covidct.io.load_study"] = f"not importable ({exc})"
-        return out
+    from covidct.io import load_study
+
     for w in (1, workers):
         t = time_call(lambda w=w: load_study(folder, workers=w), repeats=repeats, warmup=1)
         out["rates"][f"covidct.io.load_study(workers={w})"] = len(files) / t.median
@@ -90,18 +87,12 @@ def _lungmask_unet() -> Any:
 
 
 def _project_unet() -> tuple[torch.nn.Module, str]:
-    try:
-        from covidct.segment.unet import build_segmenter
+    from covidct.segment.unet import build_segmenter
 
-        return (
-            build_segmenter().eval(),
-            "covidct.segment.unet.build_segmenter() (default features), random weights",
-        )
-    except (ImportError, AttributeError):
-        from monai.networks.nets import BasicUNet
-
-        net = BasicUNet(spatial_dims=2, in_channels=1, out_channels=3)
-        return net.eval(), "monai BasicUNet(2-D, 1->3, MONAI default features), random weights"
+    return (
+        build_segmenter().eval(),
+        "covidct.segment.unet.build_segmenter() (default features), random weights",
+    )
 
 
 def bench_segment(
@@ -171,13 +162,9 @@ def bench_segment(
     if volume is None:
         out["unavailable"]["classical"] = "no real volume loaded"
         return out
-    try:
-        from covidct.segment import get_segmenter
+    from covidct.segment import get_segmenter
 
-        seg = get_segmenter("classical")
-    except (ImportError, AttributeError, NotImplementedError) as exc:
-        out["unavailable"]["classical"] = f"covidct.segment.get_segmenter('classical') not available ({exc})"
-        return out
+    seg = get_segmenter("classical")
     n = volume.hu.shape[0]
     t = time_call(lambda: seg.apply(volume), repeats=repeats, warmup=1)
     rows.append(

@@ -6,8 +6,7 @@
 Measures, in one run: the machine's float32 GEMM ceiling (torch, T threads, 2048^3, before and after the
 rest, as a noise check), the slice classifier per backend and batch size (slices/s, GFLOP/s, ratio to the
 ceiling, agreement with float32 and patient decisions), segmentation (project U-Net, lungmask's U-Net
-architecture, classical) and decoding (pylibjpeg vs GDCM, serial vs parallel), and, once the Diagnoser exists,
-end to end. Uses the real series in ../shared/data/covid-ct-md when present and synthetic slices otherwise.
+architecture, classical) and decoding (pylibjpeg vs GDCM, serial vs parallel), and end to end. Uses the real series in ../shared/data/covid-ct-md when present and synthetic slices otherwise.
 Every figure is a median; any component that is absent is reported as "not available: why".
 ``--summary`` puts a hand-written reading under the title; ``--include`` appends sections measured elsewhere
 (the GPU figures of ``bench_gpu.py``, the agreement table of ``bench_agreement.py``, kept in
@@ -61,22 +60,15 @@ def bench_end_to_end(
     The hook for the end-to-end target (3 s per 150-slice study on 2 cores). ``model_dir``: a trained
     pipeline folder; when ``None``, a random-weights ResNet-50 224x224 pipeline with the classical segmenter is
     written to a temporary folder (the default model's cost, not its answers). Raises :class:`NotAvailable`
-    when ``covidct.diagnose.Diagnoser`` or the bundle writer does not exist.
+    without real series.
     """
-    try:
-        from covidct.diagnose import Diagnoser  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise NotAvailable(f"covidct.diagnose.Diagnoser does not exist yet ({exc})") from None
+    from covidct.diagnose import Diagnoser
+
     if not series:
         raise NotAvailable("no real series in ../shared/data")
     label = str(model_dir)
     if model_dir is None:
-        try:
-            model_dir = make_timing_bundle(Path(tempfile.mkdtemp(prefix="covidct-e2e-")))
-        except ImportError as exc:
-            raise NotAvailable(
-                f"no --model-dir and no bundle writer to make a timing model ({exc})"
-            ) from None
+        model_dir = make_timing_bundle(Path(tempfile.mkdtemp(prefix="covidct-e2e-")))
         label = "random ResNet-50 224 + classical (timing only)"
     rows: list[list[Any]] = []
     for backend in backends:
@@ -131,32 +123,26 @@ def _stage(title: str, sections: list[str], fn: Any) -> Any:
 
 def load_real(quick: bool) -> tuple[dict[str, tuple[np.ndarray, int, int]], np.ndarray, Any, list[str]]:
     """Classifier inputs of the kept slices of each real series, calibration slices, P001's volume, notes."""
-    from _data import load_hu, real_classifier_inputs, real_series
-    from covidct.registry import TRUNCATE_HEAD, TRUNCATE_TAIL
+    from _data import real_classifier_inputs, real_series
+    from covidct.decide import kept_range
+    from covidct.io import load_study
 
     series = real_series()
     if quick:
         series = {k: v for k, v in series.items() if k == "P001"}
     studies: dict[str, tuple[np.ndarray, int, int]] = {}
     notes = []
+    volume = None
     for name, folder in series.items():
-        x, how = real_classifier_inputs(folder)
+        vol = load_study(folder)
+        if name == "P001":
+            volume = vol
+        x, how = real_classifier_inputs(vol)
         n = len(x)
-        try:
-            from covidct.decide import kept_range  # type: ignore[import-not-found]
-
-            start, stop = kept_range(n)
-        except ImportError:
-            start, stop = round(n * TRUNCATE_HEAD), n - round(n * TRUNCATE_TAIL)
+        start, stop = kept_range(n)
         studies[name] = (x[start:stop], n, start)
         notes.append(f"{name}: {n} slices, kept [{start}, {stop}); {how}")
     calib = np.concatenate([v[0][::5] for v in studies.values()]) if studies else np.empty((0,))
-    volume = None
-    if "P001" in series:
-        from covidct.io.volume import CTVolume
-
-        hu, _ = load_hu(series["P001"])
-        volume = CTVolume(hu=hu, spacing=(2.0, 0.7, 0.7))
     return studies, calib, volume, notes
 
 
@@ -267,10 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     if "decide" not in skip:
 
         def run_decide() -> list[str]:
-            try:
-                from covidct.decide import decide  # type: ignore[import-not-found]
-            except ImportError as exc:
-                raise NotAvailable(f"covidct.decide not importable ({exc})") from None
+            from covidct.decide import decide
+
             probs = np.random.default_rng(0).dirichlet(np.ones(3), size=150).astype(np.float32)
             t = time_call(lambda: decide(probs).to_json(), repeats=max(5, args.repeats), warmup=1)
             return [
