@@ -67,19 +67,12 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
     Deterministic; a stack that already has the size is returned as a float32 copy.
     """
     import torch
-    import torch.nn.functional as F
 
-    out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     arr = np.ascontiguousarray(images, dtype=np.float32)
     if arr.ndim != 3:
         raise ValueError(f"resize_images expects (n, h, w), got shape {arr.shape}")
-    if arr.shape[1:] == out_hw or arr.shape[0] == 0:
-        return arr.copy() if arr.shape[1:] == out_hw else np.zeros((0, *out_hw), np.float32)
-    shrink = out_hw[0] < arr.shape[1] or out_hw[1] < arr.shape[2]
     with torch.no_grad():
-        t = torch.from_numpy(arr)[:, None]
-        r = F.interpolate(t, size=out_hw, mode="bilinear", align_corners=False, antialias=shrink)
-    return r[:, 0].numpy().astype(np.float32, copy=False)
+        return resize_tensor(torch.from_numpy(arr), size).numpy()
 
 
 def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
