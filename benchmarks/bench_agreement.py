@@ -41,6 +41,28 @@ def study_folders(cohort: Path | None, *, real: bool = True) -> dict[str, Path]:
     return out
 
 
+def kept_inputs(pipe: Any, folder: Path) -> tuple[int, int, np.ndarray]:
+    """Read a study, segment it with the pipeline's segmenter and prepare its kept slices: (n, start, x)."""
+    from covidct.decide import kept_range
+    from covidct.io import load_study
+
+    volume = load_study(folder)
+    mask = pipe.segmenter.apply(volume)
+    n = volume.n_slices
+    start, stop = kept_range(n, head=pipe.rule["head"], tail=pipe.rule["tail"])
+    return n, start, pipe.classifier.preprocess(volume, mask, np.arange(start, stop))
+
+
+def decision(logits: np.ndarray, n: int, start: int, rule: dict[str, float]) -> str:
+    """The patient decision of the rule from the kept slices' logits (the other rows NaN, as in diagnosis)."""
+    from covidct.classify.inference import softmax
+    from covidct.decide import decide
+
+    probs = np.full((n, 3), np.nan, np.float32)
+    probs[start : start + len(logits)] = softmax(logits)
+    return decide(probs, **rule).diagnosis
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model-dir", type=Path, required=True, help="trained pipeline folder")
@@ -55,9 +77,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from covidct.bundle import load_pipeline
     from covidct.classify.backends import make_runner, unavailable_reason
-    from covidct.classify.inference import softmax
-    from covidct.decide import decide, kept_range
-    from covidct.io import load_study
 
     pipe = load_pipeline(args.model_dir)
     clf = pipe.classifier
@@ -89,21 +108,15 @@ def main(argv: list[str] | None = None) -> int:
     }
     classes = np.zeros(3, np.int64)
     for case, folder in studies.items():
-        volume = load_study(folder)
-        mask = pipe.segmenter.apply(volume)
-        n = volume.n_slices
-        start, stop = kept_range(n, head=rule["head"], tail=rule["tail"])
-        x = clf.preprocess(volume, mask, np.arange(start, stop))
+        n, start, x = kept_inputs(pipe, folder)
         decisions: dict[str, str] = {}
         preds: dict[str, np.ndarray] = {}
         for name, runner in runners.items():
             t0 = time.perf_counter()
             logits = np.concatenate([runner(x[i : i + 16]) for i in range(0, len(x), 16)])
             per[name]["s"] += time.perf_counter() - t0
-            probs = np.full((n, 3), np.nan, np.float32)
-            probs[start:stop] = softmax(logits)
             preds[name] = logits.argmax(axis=1)
-            decisions[name] = decide(probs, **rule).diagnosis
+            decisions[name] = decision(logits, n, start, rule)
         ref = preds[REFERENCE]
         classes += np.bincount(ref, minlength=3)
         for name in runners:

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_agreement import study_folders
+from bench_agreement import decision, kept_inputs, study_folders
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -37,9 +37,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from covidct.bundle import load_pipeline
     from covidct.classify.backends import export_onnx, quantize_int8
-    from covidct.classify.inference import softmax
-    from covidct.decide import decide, kept_range
-    from covidct.io import load_study
 
     pipe = load_pipeline(args.model_dir)
     clf = pipe.classifier
@@ -48,19 +45,14 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     calib = clf.calibration
     cache = Path(tempfile.mkdtemp(prefix="covidct-int8-"))
-    studies: dict[str, tuple[int, int, int, np.ndarray]] = {}
-    for case, folder in study_folders(args.cohort).items():
-        vol = load_study(folder)
-        mask = pipe.segmenter.apply(vol)
-        start, stop = kept_range(vol.n_slices, head=pipe.rule["head"], tail=pipe.rule["tail"])
-        studies[case] = (vol.n_slices, start, stop, clf.preprocess(vol, mask, np.arange(start, stop)))
+    studies = {case: kept_inputs(pipe, folder) for case, folder in study_folders(args.cohort).items()}
     fp32 = export_onnx(clf.network, image_size=clf.image_size, cache_dir=cache)
 
     def run(path: Path, x: np.ndarray) -> np.ndarray:
         sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return np.concatenate([sess.run(None, {"x": x[i : i + 32]})[0] for i in range(0, len(x), 32)])
 
-    ref = {k: run(fp32, v[3]) for k, v in studies.items()}
+    ref = {k: run(fp32, v[2]) for k, v in studies.items()}
     graph = onnx.load(str(fp32)).graph
     first_conv = next(n.name for n in graph.node if n.op_type == "Conv")
     linear = [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")]
@@ -81,15 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         out = quantize_int8(fp32, calib, cache_dir=cache, options=kw)
         same = total = decisions = 0
         worst = 1.0
-        for case, (n, start, stop, x) in studies.items():
+        for case, (n, start, x) in studies.items():
             q, r = run(out, x), ref[case]
             agree = q.argmax(1) == r.argmax(1)
             same, total = same + int(agree.sum()), total + len(agree)
             worst = min(worst, float(agree.mean()))
-            pr = np.full((n, 3), np.nan, np.float32)
-            pq = pr.copy()
-            pr[start:stop], pq[start:stop] = softmax(r), softmax(q)
-            decisions += decide(pr, **pipe.rule).diagnosis == decide(pq, **pipe.rule).diagnosis
+            decisions += decision(q, n, start, pipe.rule) == decision(r, n, start, pipe.rule)
         rows.append((name, 100 * same / total, 100 * worst, f"{decisions}/{len(studies)}"))
         print(f"{name}: {rows[-1][1:]} ({time.perf_counter() - t0:.0f} s)")
     print(f"\n{clf.card.get('name')}, {total} kept slices, {len(studies)} studies\n")
