@@ -175,9 +175,11 @@ class JobStore:
         ``message`` is stored (and later shown to the client) without server paths.
         """
         message = self.public_message(job, message)
+        shutil.rmtree(
+            job.dir / "input", ignore_errors=True
+        )  # before the status: a client seeing it finds none
         with job.lock:
             job.status, job.error, job.user_error, job.finished = FAILED, message, user_error, time.time()
-        shutil.rmtree(job.dir / "input", ignore_errors=True)
 
     def _execute(self, job: Job) -> None:
         with job.lock:
@@ -187,27 +189,31 @@ class JobStore:
             result = persist_result(result, job.dir / "arrays")
         except CovidCTError as exc:
             log.info("job %s: input refused (%s)", job.id, type(exc).__name__)
-            message = self.public_message(job, str(exc))
-            with job.lock:
-                job.status, job.error, job.user_error = FAILED, message, True
+            self._finish(job, error=self.public_message(job, str(exc)), user_error=True)
         except Exception as exc:  # a service fault: keep the service alive, report without data
             log.error("job %s: failed with %s", job.id, type(exc).__name__)
             if log.isEnabledFor(logging.DEBUG):  # the traceback, with server paths rewritten like messages
                 trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
                 log.debug("job %s: %s", job.id, self.public_message(job, trace))
-            with job.lock:
-                job.status, job.user_error = FAILED, False
-                job.error = f"internal error while diagnosing ({type(exc).__name__}); see the service log"
+            error = f"internal error while diagnosing ({type(exc).__name__}); see the service log"
+            self._finish(job, error=error, user_error=False)
         else:
-            with job.lock:
-                job.status, job.result = DONE, result
+            self._finish(job, result=result)
             log.info("job %s: done in %.1f s", job.id, time.time() - (job.started or job.created))
-        finally:
-            with job.lock:
-                job.finished = time.time()
-                failed = job.status == FAILED
-            if failed:  # nothing to show: drop the upload now rather than at the end of the retention
-                shutil.rmtree(job.dir / "input", ignore_errors=True)
+
+    def _finish(
+        self, job: Job, *, result: Any = None, error: str | None = None, user_error: bool = True
+    ) -> None:
+        """Publish a run's outcome. A failed job's upload is dropped first (nothing to show: not kept until
+        the end of the retention), so a client that sees the status never finds the upload still there."""
+        if error is not None:
+            shutil.rmtree(job.dir / "input", ignore_errors=True)
+        with job.lock:
+            if error is None:
+                job.status, job.result = DONE, result
+            else:
+                job.status, job.error, job.user_error = FAILED, error, user_error
+            job.finished = time.time()
 
     # --- queries ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
