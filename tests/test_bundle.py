@@ -322,3 +322,69 @@ def test_same_weights_give_the_same_file_bytes(tmp_path: Path) -> None:
         card = save_component(tmp_path / f"c{i}", state, _classifier_card())
         hashes.add(card["weights"]["sha256"])
     assert len(hashes) == 1
+
+
+class _Clock:
+    """Stands in for ``datetime`` in ``covidct.bundle``: ``now`` gives the next of the given times."""
+
+    def __init__(self, *times: str) -> None:
+        from datetime import datetime
+
+        self._times = [datetime.fromisoformat(t) for t in times]
+
+    def now(self, tz: object = None) -> Any:
+        return self._times.pop(0)
+
+
+def test_same_weights_saved_at_different_times_keep_one_hash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hash names the model (weights, preprocessing, architecture, rule, classes), not when it was saved."""
+    import covidct.bundle as bundle
+
+    torch.manual_seed(0)
+    state = build_classifier("resnet18").state_dict()
+    monkeypatch.setattr(
+        bundle,
+        "datetime",
+        _Clock("2026-01-01T00:00:00+00:00", "2026-01-01T00:00:01+00:00", "2026-06-30T12:00:00+00:00"),
+    )
+    a = save_component(tmp_path / "a" / "classifier", state, _classifier_card())
+    top_a = write_pipeline(tmp_path / "a", segmenter="classical", name="m")
+    b = save_component(tmp_path / "b" / "classifier", state, _classifier_card())
+    assert a["created"] != b["created"]  # the time stays in the card, as a plain field
+    assert a["hash"] == b["hash"] and a["hash"] == card_hash(a)
+    monkeypatch.setattr(bundle, "datetime", _Clock("2027-03-03T03:03:03+00:00"))
+    top_b = write_pipeline(tmp_path / "b", segmenter="classical", name="m")
+    assert top_a["created"] != top_b["created"] and top_a["hash"] == top_b["hash"]
+    # editing the time does not change what the model is; editing what decides answers does
+    _restamp(tmp_path / "b" / "classifier", name="x")  # a re-stamped edit gives another hash
+    assert read_card(tmp_path / "b" / "classifier")["hash"] != a["hash"]
+    path = tmp_path / "a" / "classifier" / "model.json"
+    card = json.loads(path.read_text())
+    card["created"] = "1999-01-01T00:00:00Z"
+    path.write_text(json.dumps(card))
+    assert read_card(path.parent)["hash"] == a["hash"]
+    card["rule"] = {"head": 0.2, "tail": 0.14, "threshold": 0.2}
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="content hash mismatch"):
+        read_card(path.parent)
+
+
+def test_cards_of_format_1_0_hashed_with_their_time_still_verify(clf_dir: Path) -> None:
+    """Bundles written before the hash left out ``created`` load unchanged; editing them is still detected."""
+    import hashlib
+
+    path = clf_dir / "model.json"
+    card = json.loads(path.read_text())
+    card["format_version"] = "1.0"
+    body = {k: v for k, v in card.items() if k != "hash"}
+    legacy = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+    card["hash"] = "sha256:" + hashlib.sha256(legacy).hexdigest()  # what covidct wrote for format 1.0
+    path.write_text(json.dumps(card))
+    assert read_card(clf_dir)["hash"] == card["hash"]
+    SliceClassifier.from_bundle(clf_dir)
+    card["created"] = "1999-01-01T00:00:00Z"  # in 1.0, the time was covered
+    path.write_text(json.dumps(card))
+    with pytest.raises(ModelError, match="content hash mismatch"):
+        read_card(clf_dir)

@@ -15,10 +15,11 @@ A card holds: ``format``/``format_version``, ``kind``, ``name``, ``version`` (co
 ``created`` (UTC), ``classes`` (registry order), ``architecture``, ``preprocessing`` (window, image size,
 masking), ``training`` (data summary: counts per class, split seed, epochs...), ``validation`` (metrics),
 ``rule`` (patient-rule parameters), ``software`` (versions), ``weights`` (file name and SHA-256) and ``hash``:
-SHA-256 of the canonical JSON of the card without ``hash`` (which includes the weights' SHA-256), so
-editing the card or the weights is detected on loading. Every loading problem raises
-:class:`covidct.errors.ModelError`
-naming the file and what does not match.
+SHA-256 of the canonical JSON of the card without ``hash`` and ``created`` (it includes the weights' SHA-256),
+so editing the card or the weights is detected on loading, and the same model saved twice, at different
+times, keeps one hash: the hash names what decides the answers, not when the files were written. Cards of
+format 1.0 hashed ``created`` too; they still load and verify (see :func:`card_hash`). Every loading problem
+raises :class:`covidct.errors.ModelError` naming the file and what does not match.
 """
 
 from __future__ import annotations
@@ -82,13 +83,32 @@ def software_versions() -> dict[str, str]:
     return out
 
 
+#: Card fields the content hash leaves out: the hash itself and when the files were written.
+HASH_EXCLUDED: Final[tuple[str, ...]] = ("hash", "created")
+#: Format versions before this one hashed every field but ``hash`` (``created`` included).
+_HASH_WITHOUT_CREATED_SINCE: Final[tuple[int, int]] = (1, 1)
+
+
+def _format_version(card: dict[str, Any]) -> tuple[int, int]:
+    parts = str(card.get("format_version", "")).split(".")
+    try:
+        return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+    except ValueError:
+        return 0, 0
+
+
 def _canonical(card: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in card.items() if k != "hash"}
+    excluded = HASH_EXCLUDED if _format_version(card) >= _HASH_WITHOUT_CREATED_SINCE else ("hash",)
+    body = {k: v for k, v in card.items() if k not in excluded}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def card_hash(card: dict[str, Any]) -> str:
-    """``sha256:<hex>`` of the card without its ``hash`` field."""
+    """``sha256:<hex>`` of the card without ``hash`` and ``created`` (the model's identity).
+
+    Cards of format 1.0 (written before the time was left out) are hashed as they were written, with
+    ``created``, so their stored hashes keep verifying.
+    """
     return "sha256:" + hashlib.sha256(_canonical(card)).hexdigest()
 
 
