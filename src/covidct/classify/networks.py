@@ -7,12 +7,15 @@ later layer (32.7 vs 8.2 GFLOP for a 224x224 slice with ResNet-50). :func:`build
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from torch import nn
 
 from covidct.errors import ConfigError
 from covidct.registry import NUM_CLASSES
+
+if TYPE_CHECKING:
+    import torch
 
 #: Supported architectures -> (block, layers) as in He et al. 2016.
 ARCHITECTURES: Final[dict[str, tuple[str, tuple[int, int, int, int]]]] = {
@@ -52,3 +55,26 @@ def build_classifier(
         num_classes=num_classes,
         norm="batch",
     )
+
+
+def penultimate_features(network: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The network's penultimate-layer features of ``x``: ``(n, d)``, global-average-pooled, before ``fc``.
+
+    ``network`` is a classifier from :func:`build_classifier` (any module whose final layer is ``network.fc``,
+    a Linear fed the pooled features); it is run as it is (call ``.eval()`` first for inference-mode batch
+    norm). ``d`` is 512 for ResNet-18/34 and 2048 for ResNet-50.
+    """
+    fc = getattr(network, "fc", None)
+    if not isinstance(fc, nn.Module):
+        raise ConfigError(f"{type(network).__name__} has no final 'fc' layer: cannot take its features")
+    seen: list[torch.Tensor] = []
+
+    def grab(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        seen.append(args[0])
+
+    handle = fc.register_forward_pre_hook(grab)
+    try:
+        network(x)
+    finally:
+        handle.remove()
+    return seen[0].reshape(seen[0].shape[0], -1)
