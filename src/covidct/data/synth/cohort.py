@@ -2,9 +2,9 @@
 
 ``generate_cohort(out, patients=12, mix=(0.3, 0.2, 0.5))`` writes::
 
-    out/COVID-19 subjects/P001/*.dcm      one folder of DICOM files per patient (file names not in slice order)
-    out/CAP subjects/cap001/...
-    out/Normal subjects/normal001/...
+    out/COVID-19 subjects/syn-P001/*.dcm  one folder of DICOM files per patient (file names not in slice order)
+    out/CAP subjects/syn-cap001/...
+    out/Normal subjects/syn-normal001/...
     out/Index.csv                         Label Index,Diagnosis,Relative Path,Folder/ID (COVID-19 then CAP rows,
                                           CRLF, no newline after the last row, as in the real file)
     out/Slice-level-labels.npy            int32 (n_abnormal, 200): 1 = slice shows infection, superior first
@@ -42,7 +42,9 @@ log = logging.getLogger(__name__)
 LABEL_COLUMNS = 200
 FOLDERS = {"covid19": "COVID-19 subjects", "cap": "CAP subjects", "normal": "Normal subjects"}
 INDEX_DIAGNOSIS = {"covid19": ("COVID-19", "./COVID-19/"), "cap": ("CAP", "./CAP/")}
-ID_FORMAT = {"covid19": "P{:03d}", "cap": "cap{:03d}", "normal": "normal{:03d}"}
+#: Case names carry a ``syn-`` prefix so that a phantom never shares a name with a real case (COVID-CT-MD's own
+#: P001, cap001, normal001) in one splits file, evaluation table or log.
+ID_FORMAT = {"covid19": "syn-P{:03d}", "cap": "syn-cap{:03d}", "normal": "syn-normal{:03d}"}
 COHORT_COLUMNS = (
     "patient",
     "class",
