@@ -12,12 +12,13 @@ from covidct import __version__
 from covidct.errors import CovidCTError
 
 #: Sub-command modules under ``covidct.cli``; each defines ``register(subparsers)`` which adds its parser and
-#: sets ``func=run`` with ``run(args: argparse.Namespace) -> int``.
+#: sets ``func=run`` with ``run(args: argparse.Namespace) -> int`` (module ``synth_real`` for ``synth-real``).
 COMMANDS: tuple[str, ...] = (
     "info",
     "convert",
     "segment",
     "synth",
+    "synth-real",
     "train",
     "diagnose",
     "evaluate",
@@ -39,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        module = importlib.import_module(f"covidct.cli.{name}")
+        module = importlib.import_module(f"covidct.cli.{name.replace('-', '_')}")
         module.register(sub)
     return parser
 

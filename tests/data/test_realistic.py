@@ -1,0 +1,139 @@
+"""Realistic training data: real-lesion donors and disease drawn into (here: phantom) backgrounds."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from covidct.data.manifest import read_manifest
+from covidct.data.realistic import RealisticSettings, build_realistic_cohort, load_bank
+from covidct.data.realistic.donors import (
+    CONSOLIDATION_DELTA,
+    LUNG_HU,
+    hu_anchors,
+    is_validation_image,
+    patches_from_image,
+)
+from covidct.errors import ConfigError, InputError
+from covidct.io import load_study
+
+
+def _donor_image(rng: np.random.Generator, *, value: float) -> tuple[np.ndarray, np.ndarray]:
+    """A 96x96 lung-window image: lung at grey 50, soft tissue at 200, one lesion disc at ``value``."""
+    img = np.full((96, 96), 200.0, np.float32)
+    img[10:86, 10:86] = 50.0
+    yy, xx = np.mgrid[:96, :96]
+    disc = (yy - 48) ** 2 + (xx - 48) ** 2 < 15**2
+    img[disc] = value
+    img += rng.normal(0, 3, img.shape)
+    return np.clip(img, 0, 255), disc.astype(np.uint8)
+
+
+def write_donors(root: Path, n: int = 12, *, multiclass: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "Imgs").mkdir(parents=True)
+    (root / "GT").mkdir()
+    for i in range(n):
+        img, m = _donor_image(rng, value=110.0 if i % 2 else 190.0)
+        Image.fromarray(img.astype(np.uint8)).save(root / "Imgs" / f"{i}.jpg")
+        gt = m * (2 if i % 2 == 0 else 1) if multiclass else m * 255
+        Image.fromarray(gt.astype(np.uint8)).save(root / "GT" / f"{i}.png")
+    return root
+
+
+def test_patch_contrast_is_relative_to_the_healthy_lung() -> None:
+    img, m = _donor_image(np.random.default_rng(1), value=110.0)
+    lung, soft = hu_anchors(img, m)
+    assert abs(lung - 50) < 3 and abs(soft - 200) < 3
+    (patch,) = patches_from_image(img, m, source="x")
+    inside = patch.delta[patch.alpha > 0.9]
+    # grey 110 is 60/150 of the way from lung to soft tissue: 360 HU above the healthy lung
+    assert abs(float(np.median(inside)) - 360.0) < 25.0
+    assert patch.kind == "ggo" and float(np.median(inside)) < CONSOLIDATION_DELTA
+    dense, dm = _donor_image(np.random.default_rng(2), value=190.0)
+    assert patches_from_image(dense, dm, source="y")[0].kind == "consolidation"
+    assert LUNG_HU < -800
+
+
+def test_bank_reads_multiclass_and_grey_masks_and_holds_out_validation(tmp_path: Path) -> None:
+    grey = write_donors(tmp_path / "grey")
+    multi = write_donors(tmp_path / "multi", multiclass=True)
+    held = [str(i) for i in range(12) if is_validation_image(str(i))]
+    train = load_bank([grey], split="train")
+    val = load_bank([grey], split="val")
+    assert len(train) + len(val) == 12 and len(val) == len(held)
+    assert {p.source for p in val.patches} == set(held)
+    assert not {p.source for p in train.patches} & set(held)
+    kinds = load_bank([multi], split="all").counts()
+    assert kinds == {"ggo": 6, "consolidation": 6}  # palette classes 1/2 decide, not the grey level
+    with pytest.raises(InputError, match="Imgs/ and GT/"):
+        load_bank([tmp_path / "nowhere"])
+
+
+@pytest.fixture(scope="module")
+def backgrounds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from covidct.data.synth import generate_cohort
+
+    out = tmp_path_factory.mktemp("bg") / "cohort"
+    generate_cohort(out, patients=2, mix=["normal", "covid19"], seed=3, size="small", progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_realistic_cohort_puts_every_background_in_every_class(backgrounds: Path, tmp_path: Path) -> None:
+    donors = write_donors(tmp_path / "donors")
+    settings = RealisticSettings(variants=2, seed=5, min_background_slices=8)
+    manifest = build_realistic_cohort(
+        [backgrounds], tmp_path / "rs", donors=[donors], settings=settings, progress=False
+    )
+    records = read_manifest(manifest)
+    card = json.loads((tmp_path / "rs" / "cohort.json").read_text())
+    assert "non-commercial" in card["terms"] and len(card["backgrounds"]) == 2
+    by_bg: dict[str, set[str]] = {}
+    for row in card["studies"]:
+        by_bg.setdefault(row["background"], set()).add(row["class"])
+    assert all(classes == {"normal", "cap", "covid19"} for classes in by_bg.values())
+    assert all(r.case.startswith("rs-") for r in records)
+    assert {r.split for r in records} == {"train", "val"}
+    for r in records:
+        flags = np.asarray(r.slice_labels)
+        if r.diagnosis == "normal":
+            assert not flags.any()
+        else:
+            assert flags.any(), f"{r.case}: an abnormal variant without an infected slice"
+    # lesions stay inside the lungs: outside the background's lung mask the variant equals the background
+    from covidct.segment import get_segmenter
+
+    normal = next(r for r in records if r.diagnosis == "normal" and r.split == "train")
+    covid = next(r for r in records if r.case == normal.case.replace("-normal-", "-covid19-"))
+    a, b = load_study(normal.path).hu, load_study(covid.path).hu
+    lung = get_segmenter("classical").apply(load_study(normal.path)) > 0
+    changed = np.abs(a.astype(np.int32) - b.astype(np.int32)) > 0
+    assert changed.any()
+    grown = __import__("scipy.ndimage", fromlist=["x"]).binary_dilation(lung, iterations=2)
+    assert not (changed & ~grown).any()
+
+
+@pytest.mark.slow
+def test_realistic_cohort_is_deterministic_and_excludes_cases(backgrounds: Path, tmp_path: Path) -> None:
+    settings = RealisticSettings(variants=1, seed=2, min_background_slices=8)
+    m1 = build_realistic_cohort([backgrounds], tmp_path / "a", settings=settings, progress=False)
+    m2 = build_realistic_cohort([backgrounds], tmp_path / "b", settings=settings, progress=False)
+    for r1, r2 in zip(read_manifest(m1), read_manifest(m2), strict=True):
+        assert np.array_equal(load_study(r1.path).hu, load_study(r2.path).hu)
+    with (tmp_path / "a" / "manifest.csv").open() as f:
+        cases = [row["case"] for row in csv.DictReader(f)]
+    assert len(cases) == 2 * 3
+    kept = build_realistic_cohort(
+        [backgrounds], tmp_path / "c", exclude=["syn-normal001"], settings=settings, progress=False
+    )
+    assert all("syn-normal001" not in r.case for r in read_manifest(kept))
+    with pytest.raises(ConfigError, match="not empty"):
+        build_realistic_cohort([backgrounds], tmp_path / "a", settings=settings, progress=False)
+    with pytest.raises(ConfigError, match="variants"):
+        RealisticSettings(variants=0)
