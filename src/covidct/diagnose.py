@@ -111,6 +111,33 @@ def check_device(device: str) -> str:
     return device
 
 
+def shipped_model_dir() -> Path | None:
+    """The pretrained pipeline that comes with covidct: ``$COVIDCT_MODEL``, else ``models/`` at the root of a
+    source checkout (beside ``src/``), when it holds a ``model.json``; ``None`` when there is none."""
+    import os
+
+    from covidct.registry import MODEL_ENV, SHIPPED_MODEL_FOLDER
+
+    env = os.environ.get(MODEL_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parents[2] / SHIPPED_MODEL_FOLDER
+    return here if (here / "model.json").is_file() else None
+
+
+def resolve_model_dir(model: str | Path | None) -> Path:
+    """``model`` as a path, or the shipped pipeline when ``None``; ConfigError naming the fix when neither."""
+    if model is not None:
+        return Path(model)
+    shipped = shipped_model_dir()
+    if shipped is None:
+        raise ConfigError(
+            "no --model given and no pretrained pipeline found (models/ of a source checkout, or the folder "
+            "named by $COVIDCT_MODEL): pass --model MODEL_DIR"
+        )
+    return shipped
+
+
 #: Slices per classifier batch when none is given: one CUDA batch holds a whole study's kept slices.
 DEFAULT_BATCH_SIZE: dict[str, int] = {"cpu": 16, "cuda": 128}
 

@@ -102,3 +102,8 @@ SYNTH_SITES: Final[tuple[str, ...]] = (
     "toshiba-aquilion",
     "philips-ingenuity",
 )
+
+#: The pretrained pipeline used when no ``--model`` is given: ``$COVIDCT_MODEL`` if set, else the ``models/``
+#: folder at the root of a source checkout (see :func:`covidct.diagnose.resolve_model_dir`).
+MODEL_ENV: Final[str] = "COVIDCT_MODEL"
+SHIPPED_MODEL_FOLDER: Final[str] = "models"

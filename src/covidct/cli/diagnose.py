@@ -23,7 +23,11 @@ def register(sub: Any) -> None:
         "A research tool, not a medical device.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder, zip, multi-frame file or NIfTI")
-    p.add_argument("--model", required=True, metavar="MODEL_DIR", help="pipeline folder with model.json")
+    p.add_argument(
+        "--model",
+        metavar="MODEL_DIR",
+        help="pipeline folder with model.json (default: the pretrained pipeline in models/ or $COVIDCT_MODEL)",
+    )
     p.add_argument("-o", "--output", metavar="OUT_DIR", help="write <study>.json (and pictures) here")
     p.add_argument("--json", action="store_true", help="print each study's JSON document on stdout")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
@@ -72,7 +76,7 @@ def _is_zip(source: str) -> bool:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from covidct.diagnose import Diagnoser
+    from covidct.diagnose import Diagnoser, resolve_model_dir
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -90,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             )
     progress = show_progress(args.no_progress)
     diagnoser = Diagnoser(
-        args.model,
+        resolve_model_dir(args.model),
         device=args.device,
         backend=args.backend,
         batch_size=args.batch_size,

@@ -21,7 +21,12 @@ def register(subparsers: Any) -> None:
         description="Serve diagnoses over HTTP with a browser viewer. Binds to 127.0.0.1 unless --host "
         "is given; use --token-file to require a bearer token. Research tool, not a medical device.",
     )
-    p.add_argument("--model", required=True, type=Path, metavar="MODEL_DIR", help="pipeline model folder")
+    p.add_argument(
+        "--model",
+        type=Path,
+        metavar="MODEL_DIR",
+        help="pipeline model folder (default: the pretrained pipeline in models/ or $COVIDCT_MODEL)",
+    )
     p.add_argument(
         "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)"
     )
@@ -64,7 +69,7 @@ def read_token(path: Path) -> str:
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from covidct.diagnose import Diagnoser
+    from covidct.diagnose import Diagnoser, resolve_model_dir
     from covidct.serve.app import ServeSettings, create_app
 
     if not 0 < args.port < 65536:
@@ -87,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
             args.host,
             "" if token else " WITHOUT authentication (give --token-file)",
         )
-    diagnoser = Diagnoser(args.model, device=args.device, backend=args.backend)
+    diagnoser = Diagnoser(resolve_model_dir(args.model), device=args.device, backend=args.backend)
     app = create_app(diagnoser, settings=settings)
     log.info("covidct serve: http://%s:%d/ (API docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
