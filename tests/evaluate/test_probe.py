@@ -131,5 +131,6 @@ def test_verdicts() -> None:
     assert "a shortcut is possible" in probe_verdict(0.9)
     assert "partly" in probe_verdict(0.75)
     assert "near chance" in probe_verdict(0.55)
+    assert "below chance" in probe_verdict(0.1)
     nan = ProbeResult(math.nan, math.nan, math.nan, 5, 5, 5, 5, 2, 5, 0, probe_verdict(math.nan))
     assert nan.to_json()["auc"] is None and "n/a" in nan.line()

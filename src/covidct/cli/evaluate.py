@@ -25,14 +25,28 @@ def register(sub: Any) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", metavar="CSV", help="predictions CSV to score")
-    src.add_argument("--data", metavar="DIR", help="labelled cohort (COVID-CT-MD layout) to diagnose first")
+    src.add_argument(
+        "--data",
+        nargs="+",
+        metavar="DIR",
+        help="labelled cohort(s) to diagnose first (COVID-CT-MD layout or manifest CSV); give real series and "
+        "a synthetic cohort together to get the synthetic-vs-real probe",
+    )
     p.add_argument("--model", metavar="MODEL_DIR", help="pipeline folder (with --data)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (with --data; default cpu)")
     p.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for the results")
     p.add_argument(
         "--bootstrap", type=int, default=1000, metavar="N", help="AUC bootstrap resamples (default 1000)"
     )
-    p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="bootstrap and probe seed (default 0)")
+    p.add_argument(
+        "--probe-slices",
+        type=int,
+        default=400,
+        metavar="N",
+        help="with real and synthetic studies: lung slices of each the synthetic-vs-real probe uses "
+        "(default 400; 0: no probe)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (with --data)")
     p.set_defaults(func=run)
 
@@ -46,6 +60,18 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         a = row["accuracy"]
         v = "n/a" if a["value"] is None else f"{100 * a['value']:.2f}%"
         print(f"  rule variant {variant:<14} accuracy {v}")
+    from covidct.evaluate.origin import auc_line
+    from covidct.evaluate.probe import probe_line
+
+    for key in ("real", "synthetic"):
+        section = metrics.get(key)
+        if section:
+            a = section["patient_accuracy"]
+            acc = "n/a" if a["value"] is None else f"{100 * a['value']:.2f}%"
+            print(f"{section['label']}: {section['n_studies']} studies, accuracy {acc} ({a['numerator']}/"
+                  f"{a['denominator']}); {auc_line(section)}")  # fmt: skip
+    if metrics.get("probe"):
+        print(probe_line(metrics["probe"]))
     print(f"written: {out / 'metrics.json'}, {out / 'summary.md'}")
 
 
@@ -53,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if args.bootstrap < 0:
         raise ConfigError("--bootstrap must be >= 0")
+    if args.probe_slices < 0:
+        raise ConfigError("--probe-slices must be >= 0 (0: no probe)")
     if args.predictions:
         if args.model:
             raise ConfigError("--model is only used with --data; to score a CSV pass --predictions alone")
@@ -67,13 +95,14 @@ def run(args: argparse.Namespace) -> int:
         from covidct.evaluate.cohort import evaluate_cohort
 
         metrics = evaluate_cohort(
-            args.data,
+            args.data[0] if len(args.data) == 1 else args.data,
             args.model,
             out,
             device=args.device,
             progress=show_progress(args.no_progress),
             n_boot=args.bootstrap,
             seed=args.seed,
+            probe_slices=args.probe_slices,
         )
     if sys.stdout is not None:
         _print_summary(metrics, out)

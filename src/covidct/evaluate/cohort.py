@@ -1,14 +1,24 @@
-"""Diagnose a labelled cohort and score it as the paper did (Tables 2 and 3, slice level, timing)."""
+"""Diagnose a labelled cohort and score it as the paper did (Tables 2 and 3, slice level, timing).
+
+Real CT and synthetic studies (:func:`covidct.evaluate.origin.is_synthetic`) are also scored apart: patient
+accuracy and the slice AUC of infected vs not infected per origin, and, when both are present, the
+synthetic-vs-real shortcut probe (:mod:`covidct.evaluate.probe`) on the classifier's features of up to
+``probe_slices`` lung slices of each origin.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covidct.errors import CovidCTError, InputError
+import numpy as np
+
+from covidct.errors import ConfigError, CovidCTError, InputError
 
 if TYPE_CHECKING:
     from covidct.data.records import StudyRecord
@@ -34,8 +44,38 @@ def read_cohort(data: str | Path) -> list[StudyRecord]:
     return records
 
 
+def read_cohorts(sources: str | Path | Sequence[str | Path]) -> list[StudyRecord]:
+    """Studies of one or several labelled cohorts (see :func:`read_cohort`), with unique case names.
+
+    A case name that two sources share (a synthetic cohort names its patients P001, cap001, normal001 like
+    the real series) is prefixed with its source's folder or file name (``<source>-<case>``) in every source.
+    """
+    paths = [Path(sources)] if isinstance(sources, (str, Path)) else [Path(p) for p in sources]
+    if not paths:
+        raise InputError("no data given: pass a COVID-CT-MD-layout folder or a manifest CSV")
+    per_source = [(p, read_cohort(p)) for p in paths]
+    seen: dict[str, int] = {}
+    for _, recs in per_source:
+        for rec in recs:
+            seen[rec.case] = seen.get(rec.case, 0) + 1
+    records: list[StudyRecord] = []
+    taken: set[str] = set()
+    for path, recs in per_source:
+        for rec in recs:
+            if seen[rec.case] > 1:
+                stem = f"{path.name.split('.')[0] or 'data'}-{rec.case}"
+                name, k = stem, 2
+                while name in taken or name in seen:
+                    name, k = f"{stem}-{k}", k + 1
+                rec.extra.setdefault("source_case", rec.case)
+                rec.case = name
+            taken.add(rec.case)
+            records.append(rec)
+    return records
+
+
 def evaluate_cohort(
-    data_dir: str | Path,
+    data_dir: str | Path | Sequence[str | Path],
     model_dir: str | Path | None,
     out_dir: str | Path,
     *,
@@ -46,8 +86,14 @@ def evaluate_cohort(
     progress: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
+    probe_slices: int = 400,
 ) -> dict[str, Any]:
     """Diagnose every study of a labelled cohort and write the evaluation into ``out_dir``.
+
+    ``data_dir``: one cohort or several (e.g. real series and a synthetic cohort together; see
+    :func:`read_cohorts`). Real CT and synthetic studies get their own figures (``real`` / ``synthetic`` in
+    the metrics); with both present, the synthetic-vs-real probe runs on at most ``probe_slices`` lung slices
+    of each (``0``: no probe).
 
     Every slice is classified (``classify_all``) so that the Table 2 ablation can re-apply the rule without
     truncation. Writes ``studies/<case>.json`` per study, ``metrics.json``, ``summary.md``, confusion
@@ -60,7 +106,9 @@ def evaluate_cohort(
 
     if strips not in STRIP_CHOICES:
         raise ValueError(f"strips must be one of {STRIP_CHOICES}, got {strips!r}")
-    records = read_cohort(data_dir)
+    if probe_slices < 0:
+        raise ConfigError(f"probe_slices must be >= 0 (0: no probe), got {probe_slices}")
+    records = read_cohorts(data_dir)
     if diagnoser is None:
         if model_dir is None:
             raise ValueError("give model_dir or a diagnoser")
@@ -79,6 +127,7 @@ def evaluate_cohort(
             progress=progress,
             n_boot=n_boot,
             seed=seed,
+            probe_slices=probe_slices,
         )
     finally:
         diagnoser.classify_all = saved_classify_all
@@ -88,17 +137,19 @@ def _evaluate(
     records: list[StudyRecord],
     diagnoser: Diagnoser,
     out: Path,
-    data_dir: str | Path,
+    data_dir: str | Path | Sequence[str | Path],
     *,
     strips: str,
     progress: bool,
     n_boot: int,
     seed: int,
+    probe_slices: int,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
     from covidct._files import atomic_write_text
     from covidct.data.records import slice_classes
+    from covidct.evaluate.origin import origin_of, origin_summary, study_slices
     from covidct.evaluate.report import write_evaluation
     from covidct.report.strip import slice_strip
 
@@ -107,6 +158,11 @@ def _evaluate(
     slice_records: list[tuple[str, list[int], list[int]]] = []
     failures: list[dict[str, str]] = []
     drawn: set[str] = set()
+    origins = {rec.case: origin_of(rec) for rec in records}
+    by_origin: dict[str, list[Any]] = {"real": [], "synthetic": []}
+    n_of = {o: sum(v == o for v in origins.values()) for o in by_origin}
+    probing = probe_slices > 0 and min(n_of.values()) > 0
+    features: dict[str, list[np.ndarray]] = {"real": [], "synthetic": []}
     t0 = time.perf_counter()
     outcomes = diagnoser.diagnose_many([rec.path for rec in records])
     for rec, (_, result, error) in tqdm(
@@ -119,7 +175,7 @@ def _evaluate(
             assert result is not None  # an outcome holds a result or an error
             truth = slice_classes(rec, result.volume.n_slices)
             doc = result.to_json()
-            doc["case"], doc["truth"] = rec.case, rec.diagnosis
+            doc["case"], doc["truth"], doc["origin"] = rec.case, rec.diagnosis, origins[rec.case]
             atomic_write_text(out / "studies" / f"{rec.case}.json", json.dumps(doc, allow_nan=False))
             if strips == "all" or (strips == "first_per_class" and rec.diagnosis not in drawn):
                 slice_strip(result, out / "strips" / f"{rec.case}_{rec.diagnosis}.png")
@@ -135,11 +191,22 @@ def _evaluate(
             failures.append({"case": rec.case, "error": f"{type(exc).__name__}: {exc}"})
             continue
         predictions.append((rec.case, rec.diagnosis, result))
+        origin = origins[rec.case]
+        by_origin[origin].append(study_slices(rec, result.probabilities, result.diagnosis))
+        if probing:
+            quota = math.ceil(probe_slices / n_of[origin])
+            features[origin].append(_probe_features(diagnoser, result, quota))
         if truth is not None:
             slice_records.append((rec.case, truth.tolist(), list(result.decision.slice_predictions)))
     total = time.perf_counter() - t0
     if not predictions:
         raise InputError(f"{data_dir}: no study could be diagnosed ({len(failures)} failed)")
+    diagnosed = {case for case, _, _ in predictions}
+    sections = {
+        o: origin_summary(studies, origin=o, n_boot=n_boot, seed=seed) if studies else None
+        for o, studies in by_origin.items()
+    }
+    probe = _run_probe(features, max_per_group=probe_slices, seed=seed) if probing else None
     metrics = write_evaluation(
         predictions,
         out,
@@ -148,6 +215,55 @@ def _evaluate(
         rule={"head": diagnoser.head, "tail": diagnoser.tail, "threshold": diagnoser.threshold},
         n_boot=n_boot,
         seed=seed,
+        origins={c: o for c, o in origins.items() if c in diagnosed},
+        real=sections["real"],
+        synthetic=sections["synthetic"],
+        probe=probe,
     )
     metrics["failures"] = failures
     return metrics
+
+
+def probe_indices(mask: np.ndarray, kept: range, quota: int) -> np.ndarray:
+    """Up to ``quota`` evenly spaced slices of ``kept`` that hold lung (all of them when fewer)."""
+    m = np.asarray(mask)
+    lung = np.asarray(m.reshape(m.shape[0], -1).any(axis=1), dtype=bool)
+    candidates = np.array([i for i in kept if lung[i]], dtype=np.int64)
+    if candidates.size <= quota:
+        return candidates
+    return np.unique(candidates[np.round(np.linspace(0, candidates.size - 1, quota)).astype(np.int64)])
+
+
+def _probe_features(diagnoser: Diagnoser, result: Any, quota: int) -> np.ndarray:
+    """Penultimate features of up to ``quota`` lung slices the rule keeps, from the classifier inputs the
+    diagnosis used (the pipeline classifier's ``preprocess`` on the result's volume and mask)."""
+    from covidct.decide import kept_range
+    from covidct.evaluate.probe import extract_features
+
+    classifier = diagnoser.pipeline.classifier
+    start, stop = kept_range(result.volume.n_slices, head=diagnoser.head, tail=diagnoser.tail)
+    idx = probe_indices(result.mask, range(start, stop), quota)
+    if idx.size == 0:
+        return np.zeros((0, 0), np.float32)
+    return extract_features(classifier, classifier.preprocess(result.volume, result.mask, idx))
+
+
+def _run_probe(
+    features: dict[str, list[np.ndarray]], *, max_per_group: int, seed: int
+) -> dict[str, Any] | None:
+    """The probe's JSON, or ``None`` (logged) when a group has too few slices."""
+    from covidct.evaluate.probe import probe_features
+
+    def stack(parts: list[np.ndarray]) -> np.ndarray:
+        parts = [p for p in parts if p.size]
+        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+
+    try:
+        result = probe_features(
+            stack(features["real"]), stack(features["synthetic"]), max_per_group=max_per_group, seed=seed
+        )
+    except ConfigError as exc:
+        log.warning("%s", exc)
+        return None
+    log.info("%s", result.line())
+    return result.to_json()

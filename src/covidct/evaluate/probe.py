@@ -43,6 +43,8 @@ __all__ = [
 SEPARATES: Final[float] = 0.9
 #: Balanced accuracy from which the verdict says they partly separate them.
 PARTLY: Final[float] = 0.7
+#: Balanced accuracy under which the probe is below chance (e.g. the same slices in both groups).
+BELOW: Final[float] = 0.35
 
 
 def probe_verdict(balanced_accuracy: float) -> str:
@@ -53,6 +55,11 @@ def probe_verdict(balanced_accuracy: float) -> str:
         return "the features separate synthetic from real: a shortcut is possible"
     if balanced_accuracy >= PARTLY:
         return "the features partly separate synthetic from real: a shortcut may be possible"
+    if balanced_accuracy < BELOW:
+        return (
+            "the features do not separate synthetic from real (below chance, as when both groups hold "
+            "near-identical slices): no shortcut found"
+        )
     return "the features barely separate synthetic from real (near chance): no strong shortcut"
 
 

@@ -12,10 +12,16 @@
      "slice": {same as patient, without roc_auc} | null,
      "ablation": {"n", "n_missing", "n_incomplete", "params", "variants": {variant: {...}}},
      "timing": {"n_timed", "total_s", "per_study_mean_s", "per_study_median_s", "per_study_max_s"},
-     "cases": [{"case", "truth", "prediction", "correct"}],
+     "cases": [{"case", "truth", "prediction", "correct"[, "origin": "real" | "synthetic"]}],
+     "real": ORIGIN | null, "synthetic": ORIGIN | null,
+     "probe": {...} | null,
      "files": {...}}
 
-where ``RATE = {"value": float | null, "numerator": int, "denominator": int}``.
+where ``RATE = {"value": float | null, "numerator": int, "denominator": int}``. ``real`` and ``synthetic``
+hold the figures of the real CT and the synthetic (phantom) studies apart (``ORIGIN``: see
+:func:`covidct.evaluate.origin.origin_summary`; patient accuracy and the slice AUC of infected vs not infected),
+``probe`` the synthetic-vs-real shortcut probe (:meth:`covidct.evaluate.probe.ProbeResult.to_json`); they are
+null when the evaluation did not know the studies' origin (a predictions CSV) or had no such studies.
 """
 
 from __future__ import annotations
@@ -32,8 +38,10 @@ import numpy as np
 from covidct._files import atomic_write_text
 from covidct.evaluate.ablation import ablation_markdown, ablation_table
 from covidct.evaluate.metrics import RATE_NAMES, classification_summary
+from covidct.evaluate.origin import origin_markdown
 from covidct.evaluate.plots import confusion_matrix_png
 from covidct.evaluate.predictions import PredictionRecord, to_records
+from covidct.evaluate.probe import probe_line
 from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
 
 __all__ = ["metrics_markdown", "write_evaluation"]
@@ -138,6 +146,25 @@ def _timing_markdown(t: Mapping[str, Any]) -> str:
     return "; ".join(parts) + " (the paper: 35 min for 98 patients, about 21 s per patient).\n"
 
 
+def _which_studies(origins: Mapping[str, str] | None) -> str:
+    """Suffix of the pooled tables' headings saying which studies they pool."""
+    if not origins:
+        return ""
+    kinds = set(origins.values())
+    if kinds == {"real"}:
+        return " - real CT"
+    if kinds == {"synthetic"}:
+        return " - synthetic (phantom)"
+    return " - all studies, real CT and synthetic (phantom) pooled"
+
+
+def _origin_counts(origins: Mapping[str, str] | None) -> str:
+    if origins is None:
+        return ""
+    values = list(origins.values())
+    return f": {values.count('real')} real CT, {values.count('synthetic')} synthetic (phantom)"
+
+
 def write_evaluation(
     records: Iterable[PredictionRecord | Sequence[Any]],
     out_dir: str | Path,
@@ -147,6 +174,10 @@ def write_evaluation(
     rule: Mapping[str, float] | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    origins: Mapping[str, str] | None = None,
+    real: Mapping[str, Any] | None = None,
+    synthetic: Mapping[str, Any] | None = None,
+    probe: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score patient predictions; write ``metrics.json``, ``confusion_patient.png``, ``confusion_slice.png``
     (when slice labels exist) and ``summary.md`` into ``out_dir``; return the metrics dict (as written).
@@ -157,6 +188,9 @@ def write_evaluation(
     (per-study times otherwise come from the records). AUC uses the records' scores when all have them.
     ``rule``: the patient-rule parameters ``{"head", "tail", "threshold"}`` the Table 2 ablation re-applies
     (those the diagnoses were made with, e.g. the model card's; registry defaults when ``None``).
+    ``origins``: ``{case: "real" | "synthetic"}`` (every case), labelling the cases and the tables' titles;
+    ``real`` / ``synthetic`` / ``probe``: the sections of :mod:`covidct.evaluate.origin` and
+    :mod:`covidct.evaluate.probe`, written as given and shown in the summary apart from the pooled tables.
     """
     from covidct.bundle import check_rule
 
@@ -186,6 +220,11 @@ def write_evaluation(
         confusion_matrix_png(
             np.array(slice_summary["confusion_matrix"]), out / files["confusion_slice"], title="Slices"
         )
+    if origins is not None:
+        missing = [r.case for r in recs if origins.get(r.case) not in ("real", "synthetic")]
+        if missing:
+            raise ValueError(f"origins must give 'real' or 'synthetic' for every case; not for {missing[:5]}")
+        origins = {r.case: origins[r.case] for r in recs}
     ablation = ablation_table(recs, head=params["head"], tail=params["tail"], threshold=params["threshold"])
     time_info = _timing(recs, timing)
     metrics: dict[str, Any] = {
@@ -201,23 +240,51 @@ def write_evaluation(
                 "truth": CLASS_NAMES[r.truth],
                 "prediction": CLASS_NAMES[r.prediction],
                 "correct": r.truth == r.prediction,
+                **({"origin": origins[r.case]} if origins is not None else {}),
             }
             for r in recs
         ],
+        "real": None if real is None else dict(real),
+        "synthetic": None if synthetic is None else dict(synthetic),
+        "probe": None if probe is None else dict(probe),
         "files": files,
     }
+    which = _which_studies(origins)
     text = json.dumps(metrics, indent=2, allow_nan=False)
     md = [
         "# covidct evaluation",
         "",
-        f"{len(recs)} studies. Undefined rates (zero denominator) are shown as n/a and written as null.",
+        f"{len(recs)} studies{_origin_counts(origins)}. Undefined rates (zero denominator) are shown as n/a "
+        "and written as null.",
         "",
-        "## Table 2 - ablation of the patient rule (patient-level accuracy)",
+    ]
+    if origins is not None and "synthetic" in origins.values():
+        md += [
+            "Figures on synthetic (phantom) studies do not show how a model does on real scans: judge it on "
+            "the real CT figures.",
+            "",
+        ]
+    for section in (real, synthetic):
+        if section is not None:
+            md += [origin_markdown(section)]
+    if probe is not None:
+        md += [
+            "## Synthetic-vs-real shortcut probe",
+            "",
+            probe_line(dict(probe)) + ".",
+            "",
+            "A logistic regression on the classifier's penultimate features, cross-validated, predicts whether a "
+            "slice is real CT or synthetic; high balanced accuracy means the classifier could tell them apart "
+            "and use that as a shortcut (it does not prove that it does).",
+            "",
+        ]
+    md += [
+        f"## Table 2 - ablation of the patient rule (patient-level accuracy){which}",
         "",
         "Each variant re-applies the rule to the slice predictions; Table 3 scores the predictions as given.",
         "",
         ablation_markdown(ablation),
-        "## Table 3 - per-class performance",
+        f"## Table 3 - per-class performance{which}",
         "",
         metrics_markdown(patient, title="Patient level"),
     ]
