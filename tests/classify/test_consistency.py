@@ -124,7 +124,8 @@ def test_tensor_and_numpy_preprocessing_agree(tiny_model_dir: Path, covid_record
 def test_real_series_training_input_equals_the_diagnosis_input(
     tiny_model_dir: Path, covid_ct_md: Path, tmp_path: Path, one_torch_thread: None
 ) -> None:
-    """The same on a real COVID-CT-MD series (JPEG Lossless DICOM, decoded by the worker pool at diagnosis)."""
+    """The same on a real COVID-CT-MD series (JPEG Lossless DICOM, decoded by the worker pool at
+    diagnosis)."""
     record = next(r for r in read_covidctmd(covid_ct_md) if r.case == "P001")
     diagnoser = Diagnoser(tiny_model_dir, backend="torch", classify_all=True)
     cached = prepare_study(

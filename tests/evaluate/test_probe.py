@@ -1,4 +1,4 @@
-"""The synthetic-vs-real shortcut probe on a tiny random ResNet: a trivial difference is found, none is not."""
+"""The synthetic-vs-real shortcut probe on a tiny random ResNet: a trivial difference is found, none not."""
 
 from __future__ import annotations
 
@@ -134,3 +134,27 @@ def test_verdicts() -> None:
     assert "below chance" in probe_verdict(0.1)
     nan = ProbeResult(math.nan, math.nan, math.nan, 5, 5, 5, 5, 2, 5, 0, probe_verdict(math.nan))
     assert nan.to_json()["auc"] is None and "n/a" in nan.line()
+
+
+def test_study_folds_stop_the_probe_recognising_patients() -> None:
+    """Each study has its own look and the origins none: slice folds score by recognising the studies,
+    study folds (every study's slices in one fold) are at chance."""
+    rng = np.random.default_rng(0)
+
+    def studies(n: int, prefix: str) -> tuple[np.ndarray, list[str]]:
+        centres = rng.normal(scale=3.0, size=(n, 16))
+        x = np.concatenate([c + rng.normal(scale=0.3, size=(12, 16)) for c in centres])
+        return x, [f"{prefix}{i}" for i in range(n) for _ in range(12)]
+
+    real, real_ids = studies(10, "r")
+    synthetic, synthetic_ids = studies(10, "s")
+    by_slice = probe_features(real, synthetic)
+    by_study = probe_features(real, synthetic, real_studies=real_ids, synthetic_studies=synthetic_ids)
+    assert by_slice.folds_by == "slice" and by_slice.balanced_accuracy >= 0.9
+    assert by_study.folds_by == "study" and by_study.balanced_accuracy <= 0.75
+    assert "5-fold by study" in by_study.line()
+    # fewer studies than folds in a group: slice folds, said so
+    few = probe_features(real[:48], synthetic, real_studies=real_ids[:48], synthetic_studies=synthetic_ids)
+    assert few.folds_by == "slice"
+    with pytest.raises(ConfigError, match="study of each"):
+        probe_features(real, synthetic, real_studies=real_ids[:5], synthetic_studies=synthetic_ids)

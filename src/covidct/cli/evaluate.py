@@ -29,8 +29,8 @@ def register(sub: Any) -> None:
         "--data",
         nargs="+",
         metavar="DIR",
-        help="labelled cohort(s) to diagnose first (COVID-CT-MD layout or manifest CSV); give real series and "
-        "a synthetic cohort together to get the synthetic-vs-real probe",
+        help="labelled cohort(s) to diagnose first (COVID-CT-MD layout or manifest CSV); give real series "
+        "and a synthetic cohort together to get the synthetic-vs-real probe",
     )
     p.add_argument("--model", metavar="MODEL_DIR", help="pipeline folder (with --data)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (with --data; default cpu)")

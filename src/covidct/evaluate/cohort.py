@@ -162,7 +162,7 @@ def _evaluate(
     by_origin: dict[str, list[Any]] = {"real": [], "synthetic": []}
     n_of = {o: sum(v == o for v in origins.values()) for o in by_origin}
     probing = probe_slices > 0 and min(n_of.values()) > 0
-    features: dict[str, list[np.ndarray]] = {"real": [], "synthetic": []}
+    features: dict[str, list[tuple[str, np.ndarray]]] = {"real": [], "synthetic": []}
     t0 = time.perf_counter()
     outcomes = diagnoser.diagnose_many([rec.path for rec in records])
     for rec, (_, result, error) in tqdm(
@@ -195,7 +195,7 @@ def _evaluate(
         by_origin[origin].append(study_slices(rec, result.probabilities, result.diagnosis))
         if probing:
             quota = math.ceil(probe_slices / n_of[origin])
-            features[origin].append(_probe_features(diagnoser, result, quota))
+            features[origin].append((rec.case, _probe_features(diagnoser, result, quota)))
         if truth is not None:
             slice_records.append((rec.case, truth.tolist(), list(result.decision.slice_predictions)))
     total = time.perf_counter() - t0
@@ -249,18 +249,27 @@ def _probe_features(diagnoser: Diagnoser, result: Any, quota: int) -> np.ndarray
 
 
 def _run_probe(
-    features: dict[str, list[np.ndarray]], *, max_per_group: int, seed: int
+    features: dict[str, list[tuple[str, np.ndarray]]], *, max_per_group: int, seed: int
 ) -> dict[str, Any] | None:
-    """The probe's JSON, or ``None`` (logged) when a group has too few slices."""
+    """The probe's JSON, or ``None`` (logged) when a group has too few slices. Folds keep studies whole
+    when each origin has at least five studies."""
     from covidct.evaluate.probe import probe_features
 
-    def stack(parts: list[np.ndarray]) -> np.ndarray:
-        parts = [p for p in parts if p.size]
-        return np.concatenate(parts, axis=0) if parts else np.zeros((0, 0), np.float32)
+    def stack(parts: list[tuple[str, np.ndarray]]) -> tuple[np.ndarray, list[str]]:
+        parts = [(case, f) for case, f in parts if f.size]
+        if not parts:
+            return np.zeros((0, 0), np.float32), []
+        return np.concatenate([f for _, f in parts], axis=0), [case for case, f in parts for _ in f]
 
+    (real, real_ids), (synthetic, synthetic_ids) = stack(features["real"]), stack(features["synthetic"])
     try:
         result = probe_features(
-            stack(features["real"]), stack(features["synthetic"]), max_per_group=max_per_group, seed=seed
+            real,
+            synthetic,
+            max_per_group=max_per_group,
+            seed=seed,
+            real_studies=real_ids,
+            synthetic_studies=synthetic_ids,
         )
     except ConfigError as exc:
         log.warning("%s", exc)

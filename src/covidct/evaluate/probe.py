@@ -19,6 +19,7 @@ and balanced accuracy and AUC do not depend on their sizes. Undefined values are
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Final
 
@@ -70,6 +71,8 @@ class ProbeResult:
     ``accuracy`` and ``balanced_accuracy`` (mean of the two groups' recalls) use the threshold 0.5 on the
     probe's probability of "synthetic"; ``auc`` is the ROC AUC of that probability (synthetic positive).
     ``n_real`` / ``n_synthetic`` are the slices used, ``*_available`` those given before subsampling.
+    ``folds_by``: ``"study"`` when the folds kept each study's slices together, ``"slice"`` otherwise (then a
+    probe may also recognise the patients themselves when there are few studies).
     """
 
     accuracy: float
@@ -83,6 +86,7 @@ class ProbeResult:
     n_splits: int
     seed: int
     verdict: str
+    folds_by: str = "slice"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready dict; NaN -> ``None``."""
@@ -100,6 +104,7 @@ class ProbeResult:
             "n_synthetic_available": self.n_synthetic_available,
             "n_features": self.n_features,
             "n_splits": self.n_splits,
+            "folds_by": self.folds_by,
             "seed": self.seed,
             "features": "classifier penultimate layer (global average pool, before fc)",
             "method": "L2 logistic regression (C=1, balanced class weights), stratified k-fold, out of fold",
@@ -120,7 +125,7 @@ def probe_line(doc: dict[str, Any]) -> str:
     return (
         f"synthetic-vs-real probe: balanced accuracy {f(doc['balanced_accuracy'])}, accuracy "
         f"{f(doc['accuracy'])}, AUC {f(doc['auc'])} ({doc['n_real']} real CT, {doc['n_synthetic']} synthetic "
-        f"slices, {doc['n_splits']}-fold): {doc['verdict']}"
+        f"slices, {doc['n_splits']}-fold by {doc.get('folds_by', 'slice')}): {doc['verdict']}"
     )
 
 
@@ -193,13 +198,31 @@ def _subsample(n: int, limit: int | None, rng: np.random.Generator) -> np.ndarra
     return np.sort(rng.choice(n, size=limit, replace=False))
 
 
-def _folds(y: np.ndarray, n_splits: int, rng: np.random.Generator) -> np.ndarray:
-    """Stratified fold number of every sample: each group shuffled, then dealt round-robin."""
+def _folds(
+    y: np.ndarray, n_splits: int, rng: np.random.Generator, studies: np.ndarray | None = None
+) -> np.ndarray:
+    """Stratified fold number of every sample: each group's samples (or, with ``studies``, its studies)
+    shuffled, then dealt round-robin."""
     fold = np.empty(y.size, dtype=np.int64)
     for g in (0, 1):
         idx = np.flatnonzero(y == g)
-        fold[rng.permutation(idx)] = np.arange(idx.size) % n_splits
+        if studies is None:
+            fold[rng.permutation(idx)] = np.arange(idx.size) % n_splits
+            continue
+        names, which = np.unique(studies[idx], return_inverse=True)
+        dealt = np.empty(names.size, dtype=np.int64)
+        dealt[rng.permutation(names.size)] = np.arange(names.size) % n_splits
+        fold[idx] = dealt[which]
     return fold
+
+
+def _study_ids(ids: Sequence[object] | np.ndarray | None, n: int, what: str) -> np.ndarray | None:
+    if ids is None:
+        return None
+    arr = np.asarray([str(v) for v in ids])
+    if arr.shape != (n,):
+        raise ConfigError(f"{what} must name the study of each of the {n} slices, got {arr.size} names")
+    return arr
 
 
 def _fit_logistic(x: np.ndarray, y: np.ndarray, weight: np.ndarray, c: float) -> np.ndarray:
@@ -230,12 +253,17 @@ def probe_features(
     seed: int = 0,
     max_per_group: int | None = None,
     c: float = 1.0,
+    real_studies: Sequence[object] | np.ndarray | None = None,
+    synthetic_studies: Sequence[object] | np.ndarray | None = None,
 ) -> ProbeResult:
     """Cross-validated logistic-regression probe of features ``(n_real, d)`` vs ``(n_synthetic, d)``.
 
     Each group is first subsampled to ``max_per_group`` (seeded; ``None``: all). Features are standardised
-    on each training fold. Raises :class:`ConfigError` when a group has fewer than ``n_splits`` samples
-    (every fold needs one of each) or the feature widths differ.
+    on each training fold. ``real_studies`` / ``synthetic_studies``: the study each row comes from; when
+    both are given and each group has at least ``n_splits`` studies, the folds keep studies whole (the probe
+    then cannot score by recognising a patient it trained on), else they split slices. Raises
+    :class:`ConfigError` when a group has fewer than ``n_splits`` samples (every fold needs one of each) or
+    the feature widths differ.
     """
     from scipy.special import expit
 
@@ -247,14 +275,21 @@ def probe_features(
     _check_groups(n_r, n_s, n_splits=n_splits, max_per_group=max_per_group)
     if r.shape[1] != s.shape[1]:
         raise ConfigError(f"real and synthetic features differ in width: {r.shape[1]} vs {s.shape[1]}")
+    r_ids = _study_ids(real_studies, n_r, "real_studies")
+    s_ids = _study_ids(synthetic_studies, n_s, "synthetic_studies")
     rng = np.random.default_rng(seed)
-    r = r[_subsample(n_r, max_per_group, rng)]
-    s = s[_subsample(n_s, max_per_group, rng)]
+    r_pick, s_pick = _subsample(n_r, max_per_group, rng), _subsample(n_s, max_per_group, rng)
+    r, s = r[r_pick], s[s_pick]
+    studies = None
+    if r_ids is not None and s_ids is not None:
+        r_ids, s_ids = r_ids[r_pick], s_ids[s_pick]
+        if min(np.unique(r_ids).size, np.unique(s_ids).size) >= n_splits:
+            studies = np.concatenate([np.char.add("real:", r_ids), np.char.add("synthetic:", s_ids)])
     x = np.concatenate([r, s], axis=0)
     if not np.isfinite(x).all():
         raise ConfigError("synthetic-vs-real probe: the features hold NaN or infinite values")
     y = np.concatenate([np.zeros(len(r)), np.ones(len(s))])
-    fold = _folds(y, n_splits, rng)
+    fold = _folds(y, n_splits, rng, studies)
     prob = np.full(y.size, np.nan)
     for k in range(n_splits):
         train, test = fold != k, fold == k
@@ -283,6 +318,7 @@ def probe_features(
         n_splits=n_splits,
         seed=seed,
         verdict=probe_verdict(balanced),
+        folds_by="slice" if studies is None else "study",
     )
 
 
@@ -295,16 +331,20 @@ def shortcut_probe(
     seed: int = 0,
     max_per_group: int | None = None,
     batch_size: int = 32,
+    real_studies: Sequence[object] | np.ndarray | None = None,
+    synthetic_studies: Sequence[object] | np.ndarray | None = None,
 ) -> ProbeResult:
     """The probe on classifier inputs: real ``(n, 1, S, S)`` (label 0) vs synthetic (label 1), in [0, 1].
 
     Each group is subsampled to ``max_per_group`` before its features are taken (seeded as in
     :func:`probe_features`, which does the rest). Raises :class:`ConfigError` when a group is empty or has
-    fewer than ``n_splits`` slices.
+    fewer than ``n_splits`` slices. ``real_studies`` / ``synthetic_studies``: see :func:`probe_features`.
     """
     r = _check_inputs(real_inputs, "real inputs")
     s = _check_inputs(synthetic_inputs, "synthetic inputs")
     _check_groups(len(r), len(s), n_splits=n_splits, max_per_group=max_per_group)
+    r_ids = _study_ids(real_studies, len(r), "real_studies")
+    s_ids = _study_ids(synthetic_studies, len(s), "synthetic_studies")
     rng = np.random.default_rng(seed)
     r_idx = _subsample(len(r), max_per_group, rng)
     s_idx = _subsample(len(s), max_per_group, rng)
@@ -313,5 +353,7 @@ def shortcut_probe(
         extract_features(classifier, s[s_idx], batch_size=batch_size),
         n_splits=n_splits,
         seed=seed,
+        real_studies=None if r_ids is None else r_ids[r_idx],
+        synthetic_studies=None if s_ids is None else s_ids[s_idx],
     )
     return replace(result, n_real_available=len(r), n_synthetic_available=len(s))

@@ -19,7 +19,8 @@
 
 where ``RATE = {"value": float | null, "numerator": int, "denominator": int}``. ``real`` and ``synthetic``
 hold the figures of the real CT and the synthetic (phantom) studies apart (``ORIGIN``: see
-:func:`covidct.evaluate.origin.origin_summary`; patient accuracy and the slice AUC of infected vs not infected),
+:func:`covidct.evaluate.origin.origin_summary`: patient accuracy and the slice AUC of infected vs not
+infected),
 ``probe`` the synthetic-vs-real shortcut probe (:meth:`covidct.evaluate.probe.ProbeResult.to_json`); they are
 null when the evaluation did not know the studies' origin (a predictions CSV) or had no such studies.
 """
@@ -273,9 +274,11 @@ def write_evaluation(
             "",
             probe_line(dict(probe)) + ".",
             "",
-            "A logistic regression on the classifier's penultimate features, cross-validated, predicts whether a "
-            "slice is real CT or synthetic; high balanced accuracy means the classifier could tell them apart "
-            "and use that as a shortcut (it does not prove that it does).",
+            "A logistic regression on the classifier's penultimate features, cross-validated, predicts "
+            "whether a slice is real CT or synthetic; high balanced accuracy means the classifier could tell "
+            "them apart and use that as a shortcut (it does not prove that it does). Folds keep each study's "
+            "slices together when both origins have at least five studies; otherwise they split slices, and "
+            "the probe may partly recognise the patients themselves.",
             "",
         ]
     md += [
