@@ -19,6 +19,8 @@ from covidct.evaluate.origin import (
     origin_of,
     origin_summary,
     study_slices,
+    synthetic_kind,
+    synthetic_label,
 )
 from covidct.evaluate.predictions import PredictionRecord
 from covidct.evaluate.report import write_evaluation
@@ -36,6 +38,7 @@ def test_synthetic_cohorts_are_synthetic_and_others_real(
     small_cohort: Path, real_copy: Path, tmp_path: Path
 ) -> None:
     assert all(is_synthetic(r) for r in read_covidctmd(small_cohort))
+    assert {synthetic_kind(r) for r in read_covidctmd(small_cohort)} == {"phantom"}
     assert not any(is_synthetic(r) for r in read_covidctmd(real_copy))
     assert {origin_of(r) for r in read_covidctmd(real_copy)} == {"real"}
     # a manifest pointing into a synthetic cohort: still synthetic, whatever the case is called
@@ -48,6 +51,23 @@ def test_synthetic_cohorts_are_synthetic_and_others_real(
     assert not is_synthetic(StudyRecord(case="x1", path=other, diagnosis="normal"))
     (tmp_path / "other" / "cohort.csv").write_text("patient,class\nx1,normal\n")
     assert not is_synthetic(StudyRecord(case="x1", path=other, diagnosis="normal"))
+
+
+def test_realistic_cohorts_are_synthetic(tmp_path: Path) -> None:
+    """Real lungs with drawn lesions (covidct.data.realistic): a cohort.json card of kind realistic-cohort."""
+    root = tmp_path / "rs"
+    (root / "volumes").mkdir(parents=True)
+    card = {"kind": "realistic-cohort", "studies": [{"case": "rs-P001-covid19-0", "background": "P001"}]}
+    (root / "cohort.json").write_text(json.dumps(card))
+    listed = StudyRecord("rs-P001-covid19-0", root / "volumes" / "rs-P001-covid19-0.nii.gz", "covid19")
+    other = StudyRecord("P001", root / "volumes" / "P001.nii.gz", "covid19")
+    assert synthetic_kind(listed) == "realistic" and is_synthetic(listed)
+    assert synthetic_kind(other) is None
+    (root / "cohort.json").write_text(json.dumps({"kind": "something-else", "studies": card["studies"]}))
+    assert synthetic_kind(StudyRecord("rs-P001-covid19-0", listed.path, "covid19")) is None
+    assert synthetic_label(["phantom"]) == "synthetic (phantom)"
+    assert synthetic_label(["realistic"]) == "synthetic (real lungs, drawn lesions)"
+    assert "phantoms, and real lungs" in synthetic_label(["realistic", "phantom"])
 
 
 @pytest.mark.shared_data

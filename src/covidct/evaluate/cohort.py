@@ -149,7 +149,7 @@ def _evaluate(
 
     from covidct._files import atomic_write_text
     from covidct.data.records import slice_classes
-    from covidct.evaluate.origin import origin_of, origin_summary, study_slices
+    from covidct.evaluate.origin import origin_summary, study_slices, synthetic_kind, synthetic_label
     from covidct.evaluate.report import write_evaluation
     from covidct.report.strip import slice_strip
 
@@ -158,7 +158,8 @@ def _evaluate(
     slice_records: list[tuple[str, list[int], list[int]]] = []
     failures: list[dict[str, str]] = []
     drawn: set[str] = set()
-    origins = {rec.case: origin_of(rec) for rec in records}
+    kinds = {rec.case: synthetic_kind(rec) for rec in records}
+    origins = {case: "real" if kind is None else "synthetic" for case, kind in kinds.items()}
     by_origin: dict[str, list[Any]] = {"real": [], "synthetic": []}
     n_of = {o: sum(v == o for v in origins.values()) for o in by_origin}
     probing = probe_slices > 0 and min(n_of.values()) > 0
@@ -202,8 +203,12 @@ def _evaluate(
     if not predictions:
         raise InputError(f"{data_dir}: no study could be diagnosed ({len(failures)} failed)")
     diagnosed = {case for case, _, _ in predictions}
+    labels = {
+        "real": None,
+        "synthetic": synthetic_label(k for c, k in kinds.items() if k is not None and c in diagnosed),
+    }
     sections = {
-        o: origin_summary(studies, origin=o, n_boot=n_boot, seed=seed) if studies else None
+        o: origin_summary(studies, origin=o, n_boot=n_boot, seed=seed, label=labels[o]) if studies else None
         for o, studies in by_origin.items()
     }
     probe = _run_probe(features, max_per_group=probe_slices, seed=seed) if probing else None

@@ -7,15 +7,18 @@ infected** (score ``1 - p(normal)``, truth ``slice class != normal`` from
 slices of the group's studies that have slice classes. The AUC's 95% interval resamples whole studies
 (slices of one study are not independent); it is ``None`` when fewer than 10 resamples hold both classes.
 
-The rule deciding that a study is synthetic lives in :func:`is_synthetic` and nowhere else.
+The rule deciding that a study is synthetic, and of which kind, lives in :func:`synthetic_kind` and nowhere
+else: phantoms (``covidct.data.synth`` cohorts) and realistic studies (real lungs with drawn lesions,
+``covidct.data.realistic`` cohorts) are both synthetic.
 """
 
 from __future__ import annotations
 
 import csv
 import functools
+import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -36,10 +39,15 @@ __all__ = [
     "origin_of",
     "origin_summary",
     "study_slices",
+    "synthetic_kind",
+    "synthetic_label",
 ]
 
-#: The table a synthetic cohort writes at its root (``covidct.data.synth.generate_cohort``).
+#: The table a phantom cohort writes at its root (``covidct.data.synth.generate_cohort``).
 COHORT_TABLE: Final[str] = "cohort.csv"
+#: The card a realistic cohort writes at its root (``covidct.data.realistic.build_realistic_cohort``).
+REALISTIC_CARD: Final[str] = "cohort.json"
+REALISTIC_KIND: Final[str] = "realistic-cohort"
 #: How many folders above a study its cohort root may be (class folders sit up to three below the root).
 _LEVELS: Final[int] = 4
 #: Display names of the two origins, used in metrics.json, summary.md and the CLI.
@@ -47,7 +55,7 @@ LABELS: Final[dict[str, str]] = {"real": "real CT", "synthetic": "synthetic (pha
 
 
 @functools.lru_cache(maxsize=64)
-def _cohort_patients(table: str, _mtime_ns: int) -> frozenset[str] | None:
+def _cohort_patients(table: str, _stamp: tuple[int, int]) -> frozenset[str] | None:
     """Patients a synthetic cohort's table lists (empty set: the table names none); ``None`` when the file
     is not a synthetic cohort's table (no ``site`` column) or cannot be read."""
     try:
@@ -61,27 +69,71 @@ def _cohort_patients(table: str, _mtime_ns: int) -> frozenset[str] | None:
         return None
 
 
-def is_synthetic(record: StudyRecord) -> bool:
-    """Whether a study comes from a synthetic cohort (the one rule of covidct's evaluation).
+@functools.lru_cache(maxsize=64)
+def _realistic_cases(card: str, _stamp: tuple[int, int]) -> frozenset[str] | None:
+    """Cases a realistic cohort's card lists; ``None`` when the file is not such a card."""
+    try:
+        with open(card, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(doc, dict) or doc.get("kind") != REALISTIC_KIND:
+        return None
+    studies = doc.get("studies") or []
+    return frozenset(str(s.get("case", "")) for s in studies if isinstance(s, dict)) - {""}
 
-    A study is synthetic when a ``cohort.csv`` with a ``site`` column - the table every synthetic cohort
-    writes at its root - lies in one of the four folders above the study and lists the study (its case name
-    or its folder/file name in the ``patient`` column; a table without patient names covers its whole folder).
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    """(mtime, size) of a file, the key of the caches above; ``None`` when it does not exist."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_mtime_ns, st.st_size
+
+
+def synthetic_kind(record: StudyRecord) -> str | None:
+    """``"phantom"``, ``"realistic"`` or ``None`` (real CT): the one rule of covidct's evaluation.
+
+    Looking in the four folders above the study, nearest first, the first cohort file found decides:
+
+    - ``cohort.csv`` with a ``site`` column (the table every phantom cohort writes at its root): the study is
+      a phantom when the table lists it in its ``patient`` column (its case name or its folder/file name; a
+      table without patient names covers its whole folder), else real;
+    - ``cohort.json`` with ``"kind": "realistic-cohort"`` (a cohort of real lungs with drawn lesions): the
+      study is realistic when the card lists its case, else real.
+
     Every other study is real. The dataset readers need not set anything: COVID-CT-MD folders and manifest
     CSVs pointing into a synthetic cohort are both recognised.
     """
     path = Path(record.path)
     names = {record.case, path.name, path.name.split(".")[0]}
     for folder in list(path.parents)[:_LEVELS]:
-        table = folder / COHORT_TABLE
-        try:
-            mtime = table.stat().st_mtime_ns
-        except OSError:
-            continue
-        patients = _cohort_patients(str(table), mtime)
+        table, card = folder / COHORT_TABLE, folder / REALISTIC_CARD
+        stamp = _stamp(table)
+        patients = None if stamp is None else _cohort_patients(str(table), stamp)
         if patients is not None:
-            return not patients or bool(names & patients)
-    return False
+            return "phantom" if not patients or names & patients else None
+        stamp = _stamp(card)
+        cases = None if stamp is None else _realistic_cases(str(card), stamp)
+        if cases is not None:
+            return "realistic" if names & cases else None
+    return None
+
+
+def is_synthetic(record: StudyRecord) -> bool:
+    """Whether a study is synthetic, phantom or realistic (see :func:`synthetic_kind`)."""
+    return synthetic_kind(record) is not None
+
+
+def synthetic_label(kinds: Iterable[str]) -> str:
+    """The display name of a group of synthetic studies of these kinds (``"synthetic (phantom)"`` ...)."""
+    found = set(kinds)
+    if found == {"realistic"}:
+        return "synthetic (real lungs, drawn lesions)"
+    if found == {"phantom", "realistic"}:
+        return "synthetic (phantoms, and real lungs with drawn lesions)"
+    return LABELS["synthetic"]
 
 
 def origin_of(record: StudyRecord) -> str:
@@ -146,7 +198,12 @@ def _study_bootstrap(
 
 
 def origin_summary(
-    studies: Sequence[StudySlices], *, origin: str, n_boot: int = 1000, seed: int = 0
+    studies: Sequence[StudySlices],
+    *,
+    origin: str,
+    n_boot: int = 1000,
+    seed: int = 0,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """JSON-ready figures of one origin's studies (``origin`` ``"real"`` or ``"synthetic"``)::
 
@@ -155,7 +212,8 @@ def origin_summary(
                        "n_not_infected", "n_studies", "score", "truth"},
          "studies": [{"case", "truth", "prediction", "correct", "n_slices", "n_infected", "slice_auc"}]}
 
-    Slice figures count only studies with slice classes; undefined values are ``None``.
+    Slice figures count only studies with slice classes; undefined values are ``None``. ``label``: the
+    display name (default ``LABELS[origin]``; see :func:`synthetic_label`).
     """
     if origin not in LABELS:
         raise ValueError(f"origin must be one of {tuple(LABELS)}, got {origin!r}")
@@ -178,7 +236,7 @@ def origin_summary(
     correct = sum(bool(r["correct"]) for r in rows)
     return {
         "origin": origin,
-        "label": LABELS[origin],
+        "label": label or LABELS[origin],
         "n_studies": len(studies),
         "patient_accuracy": Rate(correct, len(rows)).to_json(),
         "slice_auc": {

@@ -18,11 +18,11 @@
      "files": {...}}
 
 where ``RATE = {"value": float | null, "numerator": int, "denominator": int}``. ``real`` and ``synthetic``
-hold the figures of the real CT and the synthetic (phantom) studies apart (``ORIGIN``: see
+hold the figures of the real CT and the synthetic (phantom or realistic) studies apart (``ORIGIN``: see
 :func:`covidct.evaluate.origin.origin_summary`: patient accuracy and the slice AUC of infected vs not
-infected),
-``probe`` the synthetic-vs-real shortcut probe (:meth:`covidct.evaluate.probe.ProbeResult.to_json`); they are
-null when the evaluation did not know the studies' origin (a predictions CSV) or had no such studies.
+infected), ``probe`` the synthetic-vs-real shortcut probe (see
+:meth:`covidct.evaluate.probe.ProbeResult.to_json`); they are null when the evaluation did not know the
+studies' origin (a predictions CSV) or had no such studies.
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def _timing_markdown(t: Mapping[str, Any]) -> str:
     return "; ".join(parts) + " (the paper: 35 min for 98 patients, about 21 s per patient).\n"
 
 
-def _which_studies(origins: Mapping[str, str] | None) -> str:
+def _which_studies(origins: Mapping[str, str] | None, synthetic: str) -> str:
     """Suffix of the pooled tables' headings saying which studies they pool."""
     if not origins:
         return ""
@@ -155,15 +155,15 @@ def _which_studies(origins: Mapping[str, str] | None) -> str:
     if kinds == {"real"}:
         return " - real CT"
     if kinds == {"synthetic"}:
-        return " - synthetic (phantom)"
-    return " - all studies, real CT and synthetic (phantom) pooled"
+        return f" - {synthetic}"
+    return f" - all studies, real CT and {synthetic} pooled"
 
 
-def _origin_counts(origins: Mapping[str, str] | None) -> str:
+def _origin_counts(origins: Mapping[str, str] | None, synthetic: str) -> str:
     if origins is None:
         return ""
     values = list(origins.values())
-    return f": {values.count('real')} real CT, {values.count('synthetic')} synthetic (phantom)"
+    return f": {values.count('real')} real CT, {values.count('synthetic')} {synthetic}"
 
 
 def write_evaluation(
@@ -250,18 +250,19 @@ def write_evaluation(
         "probe": None if probe is None else dict(probe),
         "files": files,
     }
-    which = _which_studies(origins)
+    synthetic_name = str(synthetic["label"]) if synthetic is not None else "synthetic (phantom)"
+    which = _which_studies(origins, synthetic_name)
     text = json.dumps(metrics, indent=2, allow_nan=False)
     md = [
         "# covidct evaluation",
         "",
-        f"{len(recs)} studies{_origin_counts(origins)}. Undefined rates (zero denominator) are shown as n/a "
-        "and written as null.",
+        f"{len(recs)} studies{_origin_counts(origins, synthetic_name)}. Undefined rates (zero denominator) "
+        "are shown as n/a and written as null.",
         "",
     ]
     if origins is not None and "synthetic" in origins.values():
         md += [
-            "Figures on synthetic (phantom) studies do not show how a model does on real scans: judge it on "
+            f"Figures on {synthetic_name} studies do not show how a model does on real scans: judge it on "
             "the real CT figures.",
             "",
         ]
