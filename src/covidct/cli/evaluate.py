@@ -21,7 +21,9 @@ def register(sub: Any) -> None:
         description="Either score an existing predictions CSV (--predictions) or diagnose a labelled cohort "
         "(--data with --model). Writes metrics.json, summary.md and confusion-matrix PNGs into OUT_DIR. "
         "Predictions CSV: case,truth,prediction[,p_normal,p_cap,p_covid19][,slice_predictions]"
-        "[,slice_truth][,time_s].",
+        "[,slice_truth][,time_s]. With --data, real CT and synthetic studies are also scored apart (patient "
+        "accuracy, slice AUC of infected vs not infected) and, with both, a probe says whether the "
+        "classifier's features tell synthetic from real slices.",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--predictions", metavar="CSV", help="predictions CSV to score")
