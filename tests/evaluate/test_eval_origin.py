@@ -226,3 +226,24 @@ def test_evaluate_real_and_synthetic_together(
     assert "## Real CT (3 studies)" in md and "## Synthetic-vs-real shortcut probe" in md
     doc = json.loads(next((out / "studies").glob("real-like-*.json")).read_text())
     assert doc["origin"] == "real"
+
+
+@pytest.mark.slow
+def test_a_failing_probe_does_not_stop_the_evaluation(
+    tiny_model_dir: Path,
+    small_cohort: Path,
+    real_copy: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    one_torch_thread: None,
+) -> None:
+    import covidct.evaluate.probe as probe
+    from covidct.evaluate.cohort import evaluate_cohort
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(probe, "extract_features", broken)
+    m = evaluate_cohort([real_copy, small_cohort], tiny_model_dir, tmp_path, progress=False, n_boot=0)
+    assert m["probe"] is None and m["failures"] == [] and m["patient"]["n"] == 6
+    assert m["real"]["n_studies"] == 3 and m["synthetic"]["n_studies"] == 3
