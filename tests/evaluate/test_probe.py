@@ -104,7 +104,7 @@ def test_constant_features_give_chance_not_nan() -> None:
     [
         (10, 0, "the synthetic group is empty"),
         (0, 10, "the real group is empty"),
-        (0, 0, "the real and synthetic group is empty"),
+        (0, 0, "both groups are empty"),
         (3, 10, r"a group is too small \(3 real, 10 synthetic"),
     ],
 )

@@ -184,7 +184,13 @@ def _check_groups(n_real: int, n_synthetic: int, *, n_splits: int, max_per_group
         raise ConfigError(f"max_per_group ({max_per_group}) must be at least n_splits ({n_splits})")
     if min(n_real, n_synthetic) < n_splits:
         empty = [name for name, n in (("real", n_real), ("synthetic", n_synthetic)) if n == 0]
-        why = f"the {' and '.join(empty)} group is empty" if empty else "a group is too small"
+        why = (
+            "both groups are empty"
+            if len(empty) == 2
+            else f"the {empty[0]} group is empty"
+            if empty
+            else "a group is too small"
+        )
         raise ConfigError(
             f"synthetic-vs-real probe: {why} ({n_real} real, {n_synthetic} synthetic slices); it needs at "
             f"least {n_splits} slices of each group ({n_splits}-fold cross-validation): evaluate real CT "
