@@ -137,3 +137,20 @@ def test_realistic_cohort_is_deterministic_and_excludes_cases(backgrounds: Path,
         build_realistic_cohort([backgrounds], tmp_path / "a", settings=settings, progress=False)
     with pytest.raises(ConfigError, match="variants"):
         RealisticSettings(variants=0)
+
+
+def test_lesion_folder_images_become_classifier_inputs(tmp_path: Path) -> None:
+    from covidct.data.lesionfolder import classifier_inputs_from_image, lesion_folder_inputs
+
+    img, m = _donor_image(np.random.default_rng(4), value=110.0)
+    x = classifier_inputs_from_image(img, m, 64)
+    assert x.shape == (1, 64, 64) and x.dtype == np.float32
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    # the crop is padded so the lungs span part of the field of view: the border is background (0)
+    assert x[0, :4].max() == 0.0 and x[0, :, :4].max() == 0.0
+    assert x[0, 24:40, 24:40].mean() > 0.3  # the lesion (grey 110) is kept inside the lung mask
+    write_donors(tmp_path / "d")
+    xs, flags, names = lesion_folder_inputs(tmp_path / "d", image_size=32, split="all")
+    assert xs.shape == (12, 1, 32, 32) and flags.all() and len(names) == 12
+    val = lesion_folder_inputs(tmp_path / "d", image_size=32, split="val")[2]
+    assert set(val) == {n for n in names if is_validation_image(n)}
