@@ -14,6 +14,8 @@ from covidct.data.records import StudyRecord
 from covidct.evaluate.cohort import probe_indices, read_cohorts
 from covidct.evaluate.origin import (
     StudySlices,
+    clean_shift_line,
+    clean_slice_shift,
     is_synthetic,
     origin_markdown,
     origin_of,
@@ -120,6 +122,24 @@ def test_origin_summary_pools_slices_and_keeps_counts() -> None:
         origin_summary(studies, origin="phantom")
 
 
+def test_clean_slice_shift_shows_real_lungs_called_infected() -> None:
+    """The failure the issue saw: every clean real slice scored infected, clean phantoms normal."""
+    real = [
+        StudySlices("n1", "normal", "covid19", np.zeros(4, bool), np.array([0.9, 0.8, 0.95, 0.7])),
+        StudySlices("v1", "covid19", "covid19", np.array([1, 0, 1], bool), np.array([0.1, 0.85, 0.2])),
+        StudySlices("c1", "cap", "cap"),
+    ]
+    phantom = [StudySlices("s1", "normal", "normal", np.zeros(3, bool), np.array([0.1, 0.2, 0.05]))]
+    shift = clean_slice_shift(real, phantom)
+    assert shift is not None
+    assert (shift["n_real"], shift["n_synthetic"]) == (5, 3)  # the infected slices of v1 are left out
+    assert shift["real_mean"] == pytest.approx(0.84) and shift["auc"] == 1.0
+    assert "a shortcut in use" in shift["reading"] and "a shortcut in use" in clean_shift_line(shift)
+    same = clean_slice_shift(phantom, phantom)
+    assert same is not None and same["auc"] == 0.5 and "about the same" in same["reading"]
+    assert clean_slice_shift(real, [StudySlices("c2", "cap", "cap")]) is None
+
+
 def test_read_cohorts_makes_shared_case_names_unique(small_cohort: Path, real_copy: Path) -> None:
     records = read_cohorts([real_copy, small_cohort])
     cases = [r.case for r in records]
@@ -160,6 +180,14 @@ def test_write_evaluation_keeps_real_and_phantom_figures_apart(tmp_path: Path) -
         "n_splits": 5,
         "verdict": "the features separate synthetic from real: a shortcut is possible",
     }
+    shift = {
+        "real_mean": 0.6,
+        "synthetic_mean": 0.1,
+        "auc": 1.0,
+        "n_real": 3,
+        "n_synthetic": 1,
+        "reading": "clean real lungs get higher infected scores than clean synthetic ones: a shortcut in use",
+    }
     m = write_evaluation(
         recs,
         tmp_path,
@@ -168,6 +196,7 @@ def test_write_evaluation_keeps_real_and_phantom_figures_apart(tmp_path: Path) -
         real=real,
         synthetic=synthetic,
         probe=probe,
+        clean_shift=shift,
     )
     assert m["real"]["slice_auc"]["value"] is None  # one normal study: no infected slice
     assert m["synthetic"]["slice_auc"]["value"] == 1.0 and m["probe"]["auc"] == 0.99
@@ -178,12 +207,17 @@ def test_write_evaluation_keeps_real_and_phantom_figures_apart(tmp_path: Path) -
     assert "synthetic (phantom) slice AUC, infected vs not infected: 1.000" in md
     assert "real CT slice AUC, infected vs not infected: n/a" in md
     assert "balanced accuracy 0.960" in md and "a shortcut is possible" in md
+    assert "real CT 0.600 (3 slices) vs synthetic 0.100 (1), AUC real vs synthetic 1.000" in md
+    assert m["clean_shift"] == shift
     assert "## Table 3 - per-class performance - all studies, real CT and synthetic (phantom) pooled" in md
     assert json.loads((tmp_path / "metrics.json").read_text()) == m
     with pytest.raises(ValueError, match="every case"):
         write_evaluation(recs, tmp_path / "x", n_boot=0, origins={"r1": "real"})
     plain = write_evaluation(recs, tmp_path / "plain", n_boot=0)
-    assert plain["real"] is None and plain["probe"] is None and "origin" not in plain["cases"][0]
+    assert plain["real"] is None and plain["probe"] is None and plain["clean_shift"] is None
+    assert (
+        "origin" not in plain["cases"][0] and "real CT" not in (tmp_path / "plain" / "summary.md").read_text()
+    )
 
 
 @pytest.mark.slow
@@ -222,8 +256,10 @@ def test_evaluate_real_and_synthetic_together(
     assert real["slice_auc"]["value"] == pytest.approx(synthetic["slice_auc"]["value"])
     assert "real CT: 3 studies" in printed and "real CT slice AUC" in printed
     assert "synthetic-vs-real probe: balanced accuracy" in printed
+    # identical pixels, identical scores: no shift between clean real and synthetic slices
+    assert m["clean_shift"]["auc"] == pytest.approx(0.5) and "not-infected slices" in printed
     md = (out / "summary.md").read_text()
-    assert "## Real CT (3 studies)" in md and "## Synthetic-vs-real shortcut probe" in md
+    assert "## Real CT (3 studies)" in md and "## Synthetic-vs-real shortcut checks" in md
     doc = json.loads(next((out / "studies").glob("real-like-*.json")).read_text())
     assert doc["origin"] == "real"
 

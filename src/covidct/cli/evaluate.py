@@ -62,7 +62,7 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         a = row["accuracy"]
         v = "n/a" if a["value"] is None else f"{100 * a['value']:.2f}%"
         print(f"  rule variant {variant:<14} accuracy {v}")
-    from covidct.evaluate.origin import auc_line
+    from covidct.evaluate.origin import auc_line, clean_shift_line
     from covidct.evaluate.probe import probe_line
 
     for key in ("real", "synthetic"):
@@ -72,6 +72,8 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
             acc = "n/a" if a["value"] is None else f"{100 * a['value']:.2f}%"
             print(f"{section['label']}: {section['n_studies']} studies, accuracy {acc} ({a['numerator']}/"
                   f"{a['denominator']}); {auc_line(section)}")  # fmt: skip
+    if metrics.get("clean_shift"):
+        print(clean_shift_line(metrics["clean_shift"]))
     if metrics.get("probe"):
         print(probe_line(metrics["probe"]))
     print(f"written: {out / 'metrics.json'}, {out / 'summary.md'}")

@@ -149,7 +149,13 @@ def _evaluate(
 
     from covidct._files import atomic_write_text
     from covidct.data.records import slice_classes
-    from covidct.evaluate.origin import origin_summary, study_slices, synthetic_kind, synthetic_label
+    from covidct.evaluate.origin import (
+        clean_slice_shift,
+        origin_summary,
+        study_slices,
+        synthetic_kind,
+        synthetic_label,
+    )
     from covidct.evaluate.report import write_evaluation
     from covidct.report.strip import slice_strip
 
@@ -216,6 +222,7 @@ def _evaluate(
         for o, studies in by_origin.items()
     }
     probe = _run_probe(features, max_per_group=probe_slices, seed=seed) if probing else None
+    shift = clean_slice_shift(by_origin["real"], by_origin["synthetic"])
     metrics = write_evaluation(
         predictions,
         out,
@@ -228,6 +235,7 @@ def _evaluate(
         real=sections["real"],
         synthetic=sections["synthetic"],
         probe=probe,
+        clean_shift=shift,
     )
     metrics["failures"] = failures
     return metrics

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LABELS",
     "StudySlices",
+    "clean_slice_shift",
     "is_synthetic",
     "origin_markdown",
     "origin_of",
@@ -293,3 +294,50 @@ def origin_markdown(section: Mapping[str, Any]) -> str:
         k = "-" if r["n_infected"] is None else str(r["n_infected"])
         lines.append(f"| {r['case']} | {r['truth']} | {r['prediction']} | {n} | {k} | {auc} |")
     return "\n".join(lines) + "\n"
+
+
+def clean_slice_shift(real: Sequence[StudySlices], synthetic: Sequence[StudySlices]) -> dict[str, Any] | None:
+    """Whether the classifier scores clean lungs differently when they are real: its infected score
+    (``1 - p(normal)``) on the **not infected** slices of real CT vs synthetic studies.
+
+    The phantom shortcut shows here directly: a classifier that learnt "real texture" as disease gives real
+    clean slices high scores and phantom ones low (AUC near 1). Returns ``None`` when either origin has no
+    scored clean slice; else ``{"real_mean", "synthetic_mean", "auc", "n_real", "n_synthetic", "reading"}``
+    where ``auc`` is the ROC AUC of the score for "real" among clean slices (0.5: no shift).
+    """
+
+    def clean(studies: Sequence[StudySlices]) -> np.ndarray:
+        parts = [s.score[~s.infected] for s in studies if s.infected is not None and s.score is not None]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+    r, s = clean(real), clean(synthetic)
+    if not r.size or not s.size:
+        return None
+    auc = roc_auc(np.concatenate([np.ones(r.size, bool), np.zeros(s.size, bool)]), np.concatenate([r, s]))
+    if math.isnan(auc):
+        reading = "undefined"
+    elif abs(auc - 0.5) < 0.1:
+        reading = "clean real and synthetic lungs get about the same scores"
+    elif auc > 0.5:
+        reading = "clean real lungs get higher infected scores than clean synthetic ones: a shortcut in use"
+    else:
+        reading = "clean synthetic lungs get higher infected scores than clean real ones"
+    return {
+        "real_mean": float(r.mean()),
+        "synthetic_mean": float(s.mean()),
+        "auc": _num(auc),
+        "n_real": int(r.size),
+        "n_synthetic": int(s.size),
+        "score": "1 - p(normal) on not-infected slices; auc: real positive",
+        "reading": reading,
+    }
+
+
+def clean_shift_line(doc: Mapping[str, Any]) -> str:
+    """One line of :func:`clean_slice_shift`'s result."""
+    auc = "n/a" if doc["auc"] is None else f"{doc['auc']:.3f}"
+    return (
+        f"not-infected slices, mean 1 - p(normal): real CT {doc['real_mean']:.3f} ({doc['n_real']} slices) "
+        f"vs synthetic {doc['synthetic_mean']:.3f} ({doc['n_synthetic']}), AUC real vs synthetic {auc}: "
+        f"{doc['reading']}"
+    )

@@ -14,15 +14,16 @@
      "timing": {"n_timed", "total_s", "per_study_mean_s", "per_study_median_s", "per_study_max_s"},
      "cases": [{"case", "truth", "prediction", "correct"[, "origin": "real" | "synthetic"]}],
      "real": ORIGIN | null, "synthetic": ORIGIN | null,
-     "probe": {...} | null,
+     "probe": {...} | null, "clean_shift": {...} | null,
      "files": {...}}
 
 where ``RATE = {"value": float | null, "numerator": int, "denominator": int}``. ``real`` and ``synthetic``
 hold the figures of the real CT and the synthetic (phantom or realistic) studies apart (``ORIGIN``: see
 :func:`covidct.evaluate.origin.origin_summary`: patient accuracy and the slice AUC of infected vs not
 infected), ``probe`` the synthetic-vs-real shortcut probe (see
-:meth:`covidct.evaluate.probe.ProbeResult.to_json`); they are null when the evaluation did not know the
-studies' origin (a predictions CSV) or had no such studies.
+:meth:`covidct.evaluate.probe.ProbeResult.to_json`); ``clean_shift`` the infected score of
+not-infected real vs synthetic slices (:func:`covidct.evaluate.origin.clean_slice_shift`); they are null when
+the evaluation did not know the studies' origin (a predictions CSV) or had no such studies.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ import numpy as np
 from covidct._files import atomic_write_text
 from covidct.evaluate.ablation import ablation_markdown, ablation_table
 from covidct.evaluate.metrics import RATE_NAMES, classification_summary
-from covidct.evaluate.origin import origin_markdown
+from covidct.evaluate.origin import clean_shift_line, origin_markdown
 from covidct.evaluate.plots import confusion_matrix_png
 from covidct.evaluate.predictions import PredictionRecord, to_records
 from covidct.evaluate.probe import probe_line
@@ -179,6 +180,7 @@ def write_evaluation(
     real: Mapping[str, Any] | None = None,
     synthetic: Mapping[str, Any] | None = None,
     probe: Mapping[str, Any] | None = None,
+    clean_shift: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score patient predictions; write ``metrics.json``, ``confusion_patient.png``, ``confusion_slice.png``
     (when slice labels exist) and ``summary.md`` into ``out_dir``; return the metrics dict (as written).
@@ -190,7 +192,7 @@ def write_evaluation(
     ``rule``: the patient-rule parameters ``{"head", "tail", "threshold"}`` the Table 2 ablation re-applies
     (those the diagnoses were made with, e.g. the model card's; registry defaults when ``None``).
     ``origins``: ``{case: "real" | "synthetic"}`` (every case), labelling the cases and the tables' titles;
-    ``real`` / ``synthetic`` / ``probe``: the sections of :mod:`covidct.evaluate.origin` and
+    ``real`` / ``synthetic`` / ``probe`` / ``clean_shift``: the sections of :mod:`covidct.evaluate.origin` and
     :mod:`covidct.evaluate.probe`, written as given and shown in the summary apart from the pooled tables.
     """
     from covidct.bundle import check_rule
@@ -248,6 +250,7 @@ def write_evaluation(
         "real": None if real is None else dict(real),
         "synthetic": None if synthetic is None else dict(synthetic),
         "probe": None if probe is None else dict(probe),
+        "clean_shift": None if clean_shift is None else dict(clean_shift),
         "files": files,
     }
     synthetic_name = str(synthetic["label"]) if synthetic is not None else "synthetic (phantom)"
@@ -269,10 +272,18 @@ def write_evaluation(
     for section in (real, synthetic):
         if section is not None:
             md += [origin_markdown(section)]
+    if probe is not None or clean_shift is not None:
+        md += ["## Synthetic-vs-real shortcut checks", ""]
+    if clean_shift is not None:
+        md += [
+            clean_shift_line(clean_shift) + ".",
+            "",
+            "A classifier that learnt real texture as the disease cue scores clean real lungs as infected "
+            "and clean synthetic ones as normal (AUC near 1): the shortcut in use, on its own outputs.",
+            "",
+        ]
     if probe is not None:
         md += [
-            "## Synthetic-vs-real shortcut probe",
-            "",
             probe_line(dict(probe)) + ".",
             "",
             "A logistic regression on the classifier's penultimate features, cross-validated, predicts "
