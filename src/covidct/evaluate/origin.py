@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 __all__ = [
     "LABELS",
     "StudySlices",
+    "auc_line",
+    "clean_shift_line",
     "clean_slice_shift",
     "is_synthetic",
     "origin_markdown",

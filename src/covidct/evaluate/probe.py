@@ -36,6 +36,7 @@ __all__ = [
     "ProbeResult",
     "extract_features",
     "probe_features",
+    "probe_line",
     "probe_verdict",
     "shortcut_probe",
 ]
