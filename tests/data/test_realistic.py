@@ -94,6 +94,14 @@ def test_realistic_cohort_puts_every_background_in_every_class(backgrounds: Path
     records = read_manifest(manifest)
     card = json.loads((tmp_path / "rs" / "cohort.json").read_text())
     assert "non-commercial" in card["terms"] and len(card["backgrounds"]) == 2
+    # the donors' own training images become real COVID-19 slices, and normal slices of the backgrounds get
+    # the donors' look (crop, 8-bit, JPEG) so that look appears in both classes
+    from covidct.data.imagefolder import read_image_folder
+
+    slices = read_image_folder(tmp_path / "rs" / "slices")
+    labels = {s.label for s in slices}
+    assert labels == {0, 2} and card["real_slices"]["covid19"] > 0 and card["real_slices"]["normal_crops"] > 0
+    assert card["train_with"] == ["manifest.csv", "slices"]
     by_bg: dict[str, set[str]] = {}
     for row in card["studies"]:
         by_bg.setdefault(row["background"], set()).add(row["class"])

@@ -74,3 +74,97 @@ def lesion_folder_inputs(
     if not xs:
         return np.zeros((0, 1, image_size, image_size), np.float32), np.zeros(0, bool), []
     return np.stack(xs).astype(np.float32), np.asarray(flags, bool), names
+
+
+def _save_png(dest: Path, x: np.ndarray) -> None:
+    """A [0, 1] image as an 8-bit PNG, written atomically (its folder created)."""
+    from PIL import Image
+
+    from covidct._files import atomic_write
+
+    png = Image.fromarray(np.round(np.clip(x, 0, 1) * 255).astype(np.uint8))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(dest, lambda tmp: png.save(tmp, format="PNG"))
+
+
+def patient_of(stem: str) -> str:
+    """The patient of a COVID-SemiSeg image: ``Data-<k>`` of a pseudo-label name, else one MedSeg group."""
+    return stem.split("_", 1)[0] if stem.startswith("Data-") else "medseg"
+
+
+def export_slice_folder(
+    roots: list[Path] | tuple[Path, ...],
+    out: str | Path,
+    *,
+    image_size: int = 256,
+    split: str = "train",
+    min_infected_px: int = 200,
+) -> dict[str, int]:
+    """Write lesion-folder slices as a training image folder (``OUT/<class>/<patient>/<stem>.png``).
+
+    A slice whose mask marks at least ``min_infected_px`` pixels is an infected COVID-19 slice, one with an
+    empty mask a normal slice (as COVID-CT-MD labels the clean slices of a COVID-19 patient); slices in
+    between are left out as uncertain. Only images of ``split`` (:func:`is_validation_image`) are written,
+    so the held-out ones stay unseen. Returns the slice counts per class.
+    """
+    out = Path(out)
+    counts = {"normal": 0, "covid19": 0, "uncertain": 0}
+    for root in roots:
+        for img_path, mask_path in image_pairs(Path(root)):
+            if split != "all" and is_validation_image(img_path.stem) != (split == "val"):
+                continue
+            img, labels = read_pair(img_path, mask_path)
+            area = int((labels > 0).sum())
+            cls = "covid19" if area >= min_infected_px else "normal" if area == 0 else "uncertain"
+            counts[cls] += 1
+            if cls == "uncertain":
+                continue
+            x = classifier_inputs_from_image(img, labels, image_size)[0]
+            dest = out / cls / patient_of(img_path.stem) / f"{img_path.stem}.png"
+            _save_png(dest, x)
+    return counts
+
+
+def crop_like_lesion_folder(hu: np.ndarray, lung: np.ndarray, *, quality: int = 90) -> np.ndarray | None:
+    """A real CT slice made to look like a lesion-folder image: lung window, 8-bit, cropped to the lungs,
+    rotated 90 degrees, JPEG-compressed (``None`` when the slice shows no lung). Normal slices made this way
+    give the lesion folders' look to both classes, so that look cannot stand for COVID-19."""
+    import io
+
+    from PIL import Image
+
+    from covidct.preprocess import window_uint8
+
+    rows, cols = np.flatnonzero(lung.any(axis=1)), np.flatnonzero(lung.any(axis=0))
+    if rows.size < 16 or cols.size < 16:
+        return None
+    y0, y1 = max(rows[0] - 6, 0), min(rows[-1] + 7, lung.shape[0])
+    x0, x1 = max(cols[0] - 6, 0), min(cols[-1] + 7, lung.shape[1])
+    img = np.rot90(window_uint8(hu[y0:y1, x0:x1]), 1)
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(img)).save(buf, format="JPEG", quality=quality)
+    with Image.open(io.BytesIO(buf.getvalue())) as im:
+        return np.asarray(im.convert("L"), dtype=np.float32)
+
+
+def export_normal_crops(
+    hu: np.ndarray, lung: np.ndarray, out: str | Path, *, patient: str, n: int = 40, image_size: int = 256
+) -> int:
+    """Write up to ``n`` evenly spaced slices of a normal volume, made to look like lesion-folder images
+    (:func:`crop_like_lesion_folder`), as ``OUT/normal/<patient>/<k>.png``; returns how many."""
+    with_lung = np.flatnonzero((lung > 0).sum(axis=(1, 2)) > 2000)
+    picks = (
+        with_lung[np.unique(np.linspace(0, with_lung.size - 1, min(n, with_lung.size)).astype(int))]
+        if with_lung.size
+        else []
+    )
+    written = 0
+    for z in picks:
+        img = crop_like_lesion_folder(hu[z], lung[z] > 0)
+        if img is None:
+            continue
+        x = classifier_inputs_from_image(img, np.zeros(img.shape, np.uint8), image_size)[0]
+        dest = Path(out) / "normal" / patient / f"{patient}_{int(z):04d}.png"
+        _save_png(dest, x)
+        written += 1
+    return written

@@ -123,6 +123,7 @@ def build_realistic_cohort(
     donors: Sequence[str | Path] = (),
     exclude: Sequence[str] = (),
     settings: RealisticSettings | None = None,
+    slices: bool = True,
     overwrite: bool = False,
     progress: bool = True,
 ) -> Path:
@@ -131,6 +132,9 @@ def build_realistic_cohort(
     ``backgrounds``: COVID-CT-MD-layout folders or manifests of real labelled series; ``exclude``: case names
     left out (e.g. a held-out series); ``donors``: lesion folders (``Imgs/`` + ``GT/``, e.g. COVID-SemiSeg's
     ``train/multiclass`` and ``train/pseudo-label``), whose held-out validation images are never used.
+    With ``slices`` (and donors), the donors' own training images are also written as real COVID-19 and
+    normal slices to ``OUT/slices`` (a class image folder: train with ``--data OUT/manifest.csv OUT/slices``),
+    so real lesion texture is taught directly and not only through the drawn lesions.
     """
     from tqdm import tqdm
 
@@ -152,7 +156,16 @@ def build_realistic_cohort(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     try:
-        rows, made = _write_variants(records, tmp, bank, segmenter, s, progress=progress, tqdm=tqdm)
+        slices_dir = tmp / "slices" if slices and donors else None
+        rows, made = _write_variants(
+            records, tmp, bank, segmenter, s, progress=progress, tqdm=tqdm, slices_dir=slices_dir
+        )
+        slice_counts = {}
+        if slices_dir is not None:
+            from covidct.data.lesionfolder import export_slice_folder
+
+            slice_counts = export_slice_folder([Path(p) for p in donors], slices_dir, split="train")
+            slice_counts["normal_crops"] = sum(1 for _ in (slices_dir / "normal").rglob("*.png"))
         buf = io.StringIO(newline="")
         w = csv.writer(buf)
         w.writerow(["case", "path", "class", "split", "slice_labels"])
@@ -166,6 +179,8 @@ def build_realistic_cohort(
             "donor_patches": bank.counts() if bank is not None else {},
             "settings": asdict(s),
             "studies": made,
+            "real_slices": slice_counts,
+            "train_with": ["manifest.csv", "slices"] if slice_counts else ["manifest.csv"],
             "terms": DONOR_TERMS if donors else "as the background series' own terms",
         }
         atomic_write_text(tmp / "cohort.json", json.dumps(card, indent=1))
@@ -187,6 +202,7 @@ def _write_variants(
     *,
     progress: bool,
     tqdm: Any,
+    slices_dir: Path | None = None,
 ) -> tuple[list[list[str]], list[dict[str, Any]]]:
     (root / "volumes").mkdir()
     (root / "labels").mkdir()
@@ -207,6 +223,10 @@ def _write_variants(
             bar.update(s.variants * len(CLASS_NAMES))
             continue
         vol, lung = bg
+        if slices_dir is not None:
+            from covidct.data.lesionfolder import export_normal_crops
+
+            export_normal_crops(vol.hu, lung, slices_dir, patient=f"{CASE_PREFIX}{rec.case}")
         for v in range(s.variants):
             for c, cls in enumerate(CLASS_NAMES):
                 rng = np.random.default_rng([s.seed, b, v, c])
