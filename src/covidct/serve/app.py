@@ -29,6 +29,7 @@ from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message
 
 from covidct import __version__
@@ -111,6 +112,19 @@ def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
     if kind == "nifti-gz":
         check_gzip_size(saved, max_bytes=max_unzipped)
     return saved
+
+
+def _multipart_reason(detail: str) -> str:
+    """The client-facing reason for a multipart body the parser refused (``detail``: its message)."""
+    known = {
+        "Missing boundary": "the Content-Type header has no boundary (multipart/form-data; boundary=...)",
+        "Invalid multipart": "the body does not match the boundary of the Content-Type header",
+        'field "name" must be provided': "a part has no Content-Disposition header with a name",
+        "Too many files": "more than one file part (one study per request)",
+        "Too many fields": "too many form fields",
+    }
+    reason = next((text for key, text in known.items() if key in detail), detail.rstrip(".")[:200])
+    return f"malformed multipart upload: {reason}; send the study as multipart/form-data field 'file'"
 
 
 def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> FastAPI:
@@ -275,8 +289,17 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
 
         form = None
         try:
-            form = await Request(request.scope, limited_receive).form(max_files=1, max_fields=8)
-            upload = form.get("file")
+            try:
+                form = await Request(request.scope, limited_receive).form(max_files=1, max_fields=8)
+            except StarletteHTTPException as exc:  # the multipart parser's 400: a client error, not ours
+                raise InputError(_multipart_reason(str(exc.detail))) from None
+            uploads = form.getlist("file")
+            if len(uploads) > 1:
+                raise InputError(
+                    f"malformed multipart upload: {len(uploads)} parts named 'file'; send exactly one study "
+                    "in the multipart/form-data field 'file'"
+                )
+            upload = uploads[0] if uploads else None
             if not isinstance(upload, UploadFile):
                 raise InputError("no file in the request: send the study as multipart/form-data field 'file'")
             job.source = await run_in_threadpool(_save_upload, upload.file, job, settings=settings)

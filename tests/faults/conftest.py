@@ -1,0 +1,55 @@
+"""Fault tests (issue 12): hostile or broken input must give a clear refusal, never a traceback or a 500.
+
+Reuses the service tests' fake diagnoser (tests/report/fake_study.py) and helpers (tests/serve/serve_helpers.py)
+and the ingestion tests' DICOM writer (tests/io/conftest.py, loaded here as a plain module).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType, SimpleNamespace
+from typing import Any
+
+import pytest
+
+TESTS = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(TESTS / "report"))
+sys.path.insert(0, str(TESTS / "serve"))
+
+from fake_study import FakeDiagnoser  # noqa: E402
+
+from covidct.serve.app import ServeSettings, create_app  # noqa: E402
+
+
+def _io_helpers() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("covidct_tests_io_helpers", TESTS / "io" / "conftest.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_IO = _io_helpers()
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(one_torch_thread: None) -> None:
+    """Every test here runs with one torch thread (``one_torch_thread`` in tests/conftest.py)."""
+
+
+@pytest.fixture
+def dicom_writer() -> SimpleNamespace:
+    """``phantom(n, rows, cols)`` and ``write_slice(path, hu, ...)`` of tests/io/conftest.py."""
+    return SimpleNamespace(phantom=_IO.phantom, write_slice=_IO.write_slice)
+
+
+@pytest.fixture
+def make_app(tmp_path: Path) -> Callable[..., Any]:
+    def factory(*, diagnoser: Any = None, **settings: Any) -> Any:
+        settings.setdefault("work_dir", tmp_path / "work")
+        return create_app(diagnoser or FakeDiagnoser(seed=0), settings=ServeSettings(**settings))
+
+    return factory
