@@ -34,6 +34,7 @@ def test_train_both_into_a_pipeline_folder(tmp_path: Path) -> None:
         "--no-progress",
         "--device",
         "cpu",
+        "--no-validation",  # one patient per class: all three train, none validate
     ]
     assert main(["train", "segmenter", *common, "--pipeline", str(model)]) == 0
     assert (model / "segmenter" / "model.json").is_file() and not (model / "model.json").exists()
@@ -43,6 +44,12 @@ def test_train_both_into_a_pipeline_folder(tmp_path: Path) -> None:
     seg_card = json.loads((model / "segmenter" / "model.json").read_text())
     assert seg_card["training"]["masks_used"] == {"gt": 3}  # the cohort's ground-truth masks (all 3 in train)
     assert seg_card["training"]["studies"]["train"] == {"normal": 1, "cap": 1, "covid19": 1}
+    assert seg_card["validation"]["status"] == "none"
+    assert (
+        seg_card["training"]["stopped"]
+        == "no validation: last epoch kept; trained the full budget of 1 epoch"
+    )
+    assert top["validation"]["status"] == "none"  # the pipeline card carries the classifier's
     pipe = load_pipeline(model)
     assert pipe.segmenter.name == "unet" and pipe.classifier.image_size == 32
 

@@ -194,3 +194,119 @@ def test_unreadable_study_is_left_out_not_fatal(tmp_path: Path, write_phantoms, 
     assert bad["case"] == "cap01" and "InputError" in bad["reason"] and "cap01.nii.gz" in bad["reason"]
     assert summary["left_out_studies"] == 1
     assert any("cap01" in r.getMessage() for r in caplog.records)
+
+
+class _Slices:
+    """A stand-in training set: ``n`` random (x, y) pairs (x (1, 4, 4), y a class)."""
+
+    def __init__(self, n: int = 8) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.rand(n, 1, 4, 4, generator=g)
+        self.y = torch.arange(n) % 3
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[i], self.y[i]
+
+
+def _fit(tmp_path: Path, scores: list[float] | None, *, epochs: int = 4, **kw: object) -> object:
+    """``fit`` on a linear model whose validation gives ``scores`` epoch by epoch (None: no validation)."""
+    from torch import nn
+
+    from covidct.train.engine import Task, fit
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3))
+    seen = iter(scores or [])
+    task = Task(
+        model=model,
+        train_set=_Slices(),  # type: ignore[arg-type]
+        loss_fn=nn.CrossEntropyLoss(),
+        evaluate=lambda m, d: {} if scores is None else {"val_score": next(seen)},
+        validation=scores is not None,
+    )
+    cfg = ClassifierConfig(
+        data=[tmp_path], out_dir=tmp_path / "o", epochs=epochs, batch_size=4, progress=False, **kw
+    )  # type: ignore[arg-type]
+    return fit(cfg, task, run_dir=tmp_path / "o" / "training", dist=DistInfo(), device=torch.device("cpu"))
+
+
+def _weights(result: object) -> dict[str, torch.Tensor]:
+    return result.best_state  # type: ignore[attr-defined,no-any-return]
+
+
+def test_nan_validation_scores_are_never_best(tmp_path: Path) -> None:
+    nan = float("nan")
+    r = _fit(tmp_path, [nan, 0.5, nan, 0.4], epochs=4, patience=5)
+    assert r.best_epoch == 2 and r.metrics == {"val_score": 0.5}  # type: ignore[attr-defined]
+    assert r.selection == "best validation score"  # type: ignore[attr-defined]
+    assert r.message == "trained the full budget of 4 epochs; kept epoch 2, the best validation score"  # type: ignore[attr-defined]
+    # NaN after a finite best counts towards early stopping like a worse score
+    r = _fit(tmp_path / "p", [0.5, nan, nan, 0.9], epochs=4, patience=2)
+    assert r.stopped_by == "early_stopping" and r.epochs_run == 3 and r.best_epoch == 1  # type: ignore[attr-defined]
+
+
+def test_nan_everywhere_keeps_the_last_epoch_and_says_so(tmp_path: Path, caplog) -> None:
+    nan = float("nan")
+    with caplog.at_level("INFO", logger="covidct.train.engine"):
+        r = _fit(tmp_path, [nan] * 4, epochs=4, patience=1)
+    assert r.epochs_run == 4 and r.best_epoch == 4 and r.stopped_by == "epochs"  # type: ignore[attr-defined]
+    assert r.selection == "last epoch (no finite validation score)"  # type: ignore[attr-defined]
+    assert r.message.startswith("no epoch had a finite validation score: last epoch kept")  # type: ignore[attr-defined]
+    assert "(best)" not in caplog.text and "not a number: not compared" in caplog.text
+    assert r.message in caplog.text  # type: ignore[attr-defined]
+    last = torch.load(tmp_path / "o/training/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(last[k], _weights(r)[k]) for k in last)
+
+
+def test_no_validation_runs_every_epoch_and_keeps_the_last(tmp_path: Path) -> None:
+    r = _fit(tmp_path, None, epochs=3, patience=1)
+    assert r.epochs_run == 3 and r.best_epoch == 3 and r.metrics == {}  # type: ignore[attr-defined]
+    assert r.message == "no validation: last epoch kept; trained the full budget of 3 epochs"  # type: ignore[attr-defined]
+    last = torch.load(tmp_path / "o/training/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(last[k], _weights(r)[k]) for k in last)
+
+
+def test_time_budget_says_it_cut_training(tmp_path: Path, caplog) -> None:
+    with caplog.at_level("WARNING", logger="covidct.train.engine"):
+        r = _fit(tmp_path, [0.1, 0.2, 0.3], epochs=3, max_minutes=1e-9)
+    assert r.stopped_by == "time_budget" and r.epochs_run == 1  # type: ignore[attr-defined]
+    assert r.message.startswith(  # type: ignore[attr-defined]
+        "stopped by the time budget (1e-09 min) after 1 of 3 epochs, epoch 1 cut after 1 of 2 steps"
+    )
+    assert "stopped by the time budget" in caplog.text
+
+
+def test_check_validation_refuses_an_empty_or_incomplete_validation_set(tmp_path: Path, caplog) -> None:
+    from covidct.train.common import check_validation
+    from covidct.train.data import CachedStudy
+
+    def study(cls: str) -> CachedStudy:
+        rec = StudyRecord(case=cls, path=tmp_path, diagnosis=cls)
+        return CachedStudy(rec, np.zeros((1, 4, 4), np.float16), np.zeros(1, np.int64), np.arange(1))
+
+    train = [study(c) for c in ("normal", "cap", "covid19")]
+    cfg = ClassifierConfig(data=[tmp_path], out_dir=tmp_path / "o", progress=False)
+    empty = {"train": train, "val": [], "test": []}
+    with pytest.raises(ConfigError, match="validation set is empty") as err:
+        check_validation(cfg, empty, {}, per_class=True)
+    for fix in ("add patients", "--val-fraction", "--splits", "--no-validation"):
+        assert fix in str(err.value)
+    no_cap = {"train": train, "val": [study("normal"), study("covid19")], "test": []}
+    with pytest.raises(ConfigError, match="validation has no cap patients"):
+        check_validation(cfg, no_cap, {}, per_class=True)
+    # the segmenter's Dice needs validation slices, not every diagnosis
+    assert check_validation(cfg, no_cap, {}, per_class=False)["status"] == "ok"
+    full = {"train": train, "val": [study("normal"), study("cap"), study("covid19")], "test": []}
+    assert check_validation(cfg, full, {}, per_class=True) == {
+        "status": "ok",
+        "patients": {"normal": 1, "cap": 1, "covid19": 1},
+    }
+    cfg.allow_no_validation = True
+    with caplog.at_level("WARNING"):
+        got = check_validation(cfg, empty, {}, per_class=True)
+        part = check_validation(cfg, no_cap, {}, per_class=True)
+    assert got["status"] == "none" and part["status"] == "incomplete" and part["missing_classes"] == ["cap"]
+    assert "no usable validation: the validation set is empty" in caplog.text

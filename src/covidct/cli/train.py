@@ -60,9 +60,24 @@ def _common(p: argparse.ArgumentParser, *, size: int, batch: int) -> None:
         help="evenly spaced slices kept per study (default: all)",
     )
     p.add_argument(
-        "--max-minutes", type=float, default=None, help="wall-time budget; the best model so far is kept"
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="wall-time budget; the best model so far is kept (the result then depends on the machine's "
+        "speed: for a run the seed reproduces, bound the work with --epochs and --steps-per-epoch)",
     )
-    p.add_argument("--steps-per-epoch", type=int, default=None, help="cap on steps per epoch")
+    p.add_argument(
+        "--steps-per-epoch",
+        type=int,
+        default=None,
+        help="steps per epoch (default: one pass over the training slices)",
+    )
+    p.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="train even when the split leaves no validation patients (or none of a class): every epoch "
+        "runs and the last is kept, and the card says so (refused without this flag)",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:N")
     p.add_argument("--no-amp", action="store_true", help="no mixed precision on CUDA")
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
@@ -144,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
         "progress": not args.no_progress,
         "pipeline_dir": Path(args.pipeline) if args.pipeline else None,
         "name": args.name,
+        "allow_no_validation": args.no_validation,
     }
     if args.what == "classifier":
         from covidct.train.classifier import train_classifier
@@ -162,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
                     "bundle": str(path),
                     "validation": card.get("validation", {}),
                     "stopped_by": card.get("training", {}).get("stopped_by"),
+                    "stopped": card.get("training", {}).get("stopped"),
                 }
             )
         )

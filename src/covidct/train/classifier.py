@@ -15,6 +15,7 @@ from covidct.classify.networks import CONV1_SIZE, CONV1_STRIDE, build_classifier
 from covidct.registry import CLASS_NAMES, LUNG_WINDOW, NUM_CLASSES
 from covidct.train import augment
 from covidct.train.common import (
+    check_validation,
     finish_training,
     load_split_studies,
     run_dir_of,
@@ -144,6 +145,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
         y = train_set.targets().astype(np.int64)
         summary["train_slices"] = slice_class_counts(studies["train"])
         summary["val_slices"] = slice_class_counts(studies["val"])
+        validation = check_validation(cfg, studies, summary, per_class=True)
         torch.manual_seed(cfg.seed)
         model = build_classifier(cfg.arch)
         ce = nn.CrossEntropyLoss()
@@ -168,6 +170,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
             loss_fn=ce,
             evaluate=evaluate,
             sample_weights=balanced_weights(y) if cfg.balanced else None,
+            validation=validation["status"] == "ok",
         )
         result = fit(
             cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name="balanced accuracy"
@@ -181,6 +184,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
                 make_card=classifier_card,
                 what="classifier",
                 extra_card={"calibration": calibration},
+                validation=validation,
             )
         return cfg.out_dir
     finally:

@@ -26,7 +26,7 @@ from covidct.train.data import (
     resolve_mask_source,
 )
 from covidct.train.distributed import DistInfo, barrier
-from covidct.train.engine import FitResult
+from covidct.train.engine import SELECT_BEST, FitResult
 from covidct.train.splits import SPLITS, assign, make_splits, read_splits, write_splits
 
 log = logging.getLogger(__name__)
@@ -152,6 +152,53 @@ def load_split_studies(
     return out, summary
 
 
+def check_validation(
+    cfg: TrainConfig, studies: dict[str, list[CachedStudy]], summary: dict[str, Any], *, per_class: bool
+) -> dict[str, Any]:
+    """Say in one line, before training starts, what validation there is; refuse when there is none.
+
+    The validation set is unusable when it is empty or, with ``per_class`` (the classifier), lacks a class
+    that training has: early stopping and the choice of the kept epoch would then rest on nothing, or on
+    a score blind to a class. Unless ``cfg.allow_no_validation``, that raises :class:`ConfigError` naming
+    the fixes; with it, the line is a warning and training keeps the last epoch. Returns the card's
+    validation status: ``{"status": "ok" | "incomplete" | "none", "patients": {class: n}, ...}``.
+    """
+    val, train = studies["val"], studies["train"]
+    counts = {c: sum(1 for s in val if s.record.diagnosis == c) for c in CLASS_NAMES}
+    trained = {c for c in CLASS_NAMES if any(s.record.diagnosis == c for s in train)}
+    missing = [c for c in CLASS_NAMES if c in trained and not counts[c]] if per_class else []
+    n_val = len(val)
+    if n_val and not missing:
+        log.info("validation: %d patients (%s)", n_val, ", ".join(f"{c} {k}" for c, k in counts.items() if k))
+        return {"status": "ok", "patients": counts}
+    if cfg.splits_file is not None:
+        how = f"split from {cfg.splits_file}"
+    else:
+        how = f"split drawn with seed {cfg.effective_split_seed} and --val-fraction {cfg.val_fraction:g}"
+    n_train = {c: sum(1 for s in train if s.record.diagnosis == c) for c in CLASS_NAMES}
+    left_out = int(summary.get("left_out_studies", 0))
+    problem = (
+        "the validation set is empty" if not n_val else f"validation has no {', '.join(missing)} patients"
+    )
+    line = (
+        f"no usable validation: {problem} ({how}; training patients "
+        + ", ".join(f"{c} {k}" for c, k in n_train.items())
+        + (f"; {left_out} studies left out" if left_out else "")
+        + ")"
+    )
+    if not cfg.allow_no_validation:
+        raise ConfigError(
+            f"{line}. Early stopping and the choice of the kept epoch need a validation score: add patients "
+            "(at least 2 per class), raise --val-fraction, or give --splits CSV with val rows; or pass "
+            "--no-validation to train every epoch and keep the last"
+        )
+    log.warning("%s; --no-validation: every epoch runs and the last one is kept", line)
+    out: dict[str, Any] = {"status": "incomplete" if n_val else "none", "reason": problem, "patients": counts}
+    if missing:
+        out["missing_classes"] = missing
+    return out
+
+
 def slice_class_counts(studies: list[CachedStudy]) -> dict[str, int]:
     y = np.concatenate([np.asarray(s.y).reshape(-1) for s in studies]) if studies else np.zeros(0, int)
     return {name: int((y == i).sum()) for i, name in enumerate(CLASS_NAMES)}
@@ -174,20 +221,42 @@ def finish_training(
     make_card: Callable[..., dict[str, Any]],
     what: str,
     extra_card: dict[str, Any] | None = None,
+    validation: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The common tail of both trainings (main process only): card -> bundle -> pipeline ``model.json``.
 
-    ``make_card(cfg, summary, history, best_epoch, stopped_by, metrics)`` builds the card; ``extra_card``
-    entries (e.g. the classifier's calibration file) are added before :func:`covidct.bundle.save_component`
-    stamps the hash, so the hash covers them. Returns the written card.
+    ``make_card(cfg, summary, history, best_epoch, stopped_by, metrics)`` builds the card; the training
+    budget and how it ended (``steps_per_epoch``, ``max_minutes``, ``stopped``: the line the log gave,
+    ``model_selection``), ``data_provenance`` and the ``validation`` status of :func:`check_validation`
+    are added here, as are ``extra_card`` entries (e.g. the classifier's calibration file), all before
+    :func:`covidct.bundle.save_component` stamps the hash, so the hash covers them. Returns the written card.
     """
     from covidct.bundle import save_component
 
     card = make_card(cfg, summary, result.history, result.best_epoch, result.stopped_by, result.metrics)
+    training = card.setdefault("training", {})
+    training.update(
+        {
+            "steps_per_epoch": cfg.steps_per_epoch,
+            "max_minutes": cfg.max_minutes,
+            "stopped": result.message,
+            "model_selection": result.selection,
+        }
+    )
+    if cfg.data_provenance is not None:
+        training["data_provenance"] = cfg.data_provenance
+    status = dict(validation or {"status": "ok"})
+    if status.get("status") == "none":
+        measure = dict(card.get("validation") or {}).get("measure")
+        card["validation"] = {**status, "measure": measure, "kept_epoch": result.best_epoch}
+    else:
+        card["validation"] = {**status, **dict(card.get("validation") or {})}
+        if result.selection != SELECT_BEST:
+            card["validation"]["used_for_selection"] = False
     card.update(extra_card or {})
     written = save_component(cfg.out_dir, result.best_state, card)
     update_pipeline(cfg)
-    log.info("%s bundle written to %s (best epoch %d)", what, cfg.out_dir, result.best_epoch)
+    log.info("%s bundle written to %s (kept epoch %d)", what, cfg.out_dir, result.best_epoch)
     return written
 
 

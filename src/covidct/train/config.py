@@ -19,10 +19,15 @@ class TrainConfig:
     """Settings shared by the classifier and segmenter training.
 
     ``data``: one or more data sources (a COVID-CT-MD-layout folder, a synthetic cohort, a manifest CSV; for
-    the classifier also a folder of slice images). ``out_dir``: the bundle folder to write. ``epochs`` is the
-    maximum; training stops earlier when the validation score has not improved for ``patience`` epochs, when
-    ``max_minutes`` of wall time are spent (the model of the best epoch so far is written), or after
-    ``steps_per_epoch`` steps in an epoch when set. ``lr_gamma`` is the per-epoch factor of the "step" decay.
+    the classifier also a folder of slice images). ``out_dir``: the bundle folder to write. The work is
+    ``epochs`` (a maximum) of ``steps_per_epoch`` steps each (when set; else one pass over the training
+    slices): with the same ``seed`` the same weights come out. Training stops earlier when the validation
+    score has not improved for ``patience`` epochs, or when ``max_minutes`` of wall time are spent (a
+    budget that makes the result depend on the machine's speed; the card says when it cut training).
+    ``allow_no_validation``: train even when the split leaves the validation set empty or without a class
+    (refused otherwise, see :func:`covidct.train.common.check_validation`); every epoch then runs and the
+    last is kept. ``data_provenance``: how the data were made (e.g. a synthetic cohort's seed), copied into
+    the card. ``lr_gamma`` is the per-epoch factor of the "step" decay.
     ``max_slices_per_study`` keeps that many evenly spaced slices per study (all when ``None``).
     ``split_seed`` (default: ``seed``) draws the patient split; ``splits_file`` reuses a written one.
     ``pipeline_dir``: also write/refresh the pipeline ``model.json`` there (automatic when ``out_dir`` is
@@ -61,6 +66,8 @@ class TrainConfig:
     pipeline_dir: Path | None = None
     name: str | None = None
     bn_recalibration_batches: int = 16
+    allow_no_validation: bool = False
+    data_provenance: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.data = [Path(p) for p in (self.data if isinstance(self.data, list | tuple) else [self.data])]
@@ -83,6 +90,10 @@ class TrainConfig:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if self.max_slices_per_study is not None and self.max_slices_per_study < 1:
             raise ConfigError("max slices per study must be >= 1")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise ConfigError(f"steps per epoch must be >= 1, got {self.steps_per_epoch}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ConfigError(f"--max-minutes must be positive, got {self.max_minutes}")
 
     @property
     def effective_split_seed(self) -> int:

@@ -1,10 +1,21 @@
 """The training loop shared by the classifier and the segmenter.
 
 Per epoch: class-balanced (or uniform) sampling of slices with a seed per epoch, augmentation, a step per
-batch (Adam/SGD, AMP on CUDA), BatchNorm statistics recomputed over training batches, then validation, a row in ``training_log.csv``, the learning-curve PNG, the
-``last.pt`` checkpoint (model, optimizer, scheduler, scaler, early-stopping state, history) and ``best.pt``
-when the validation score improved. Because every random draw is seeded from (seed, epoch, rank), a run
-resumed from ``last.pt`` continues exactly as the uninterrupted run would have.
+batch (Adam/SGD, AMP on CUDA), BatchNorm statistics recomputed over training batches, then validation, a row
+in ``training_log.csv``, the learning-curve PNG, the ``last.pt`` checkpoint (model, optimizer, scheduler,
+scaler, early-stopping state, history) and ``best.pt`` when the validation score improved.
+
+Reproducibility: the work is fixed by ``epochs`` and ``steps_per_epoch``, and every random draw (slice
+order and class-balanced sampling, augmentation, BatchNorm recalibration batches) comes from a
+``torch.Generator`` seeded from (seed, epoch, rank); the data are read in the main process (no DataLoader
+workers). So the same seed gives the same weights on the same hardware and software, and a run resumed from
+``last.pt`` continues exactly as the uninterrupted run would have. ``max_minutes`` is the one exception: a
+wall-time budget cuts training where the machine's speed says, and the card says so.
+
+Model selection: the epoch with the best finite validation score is kept. A NaN score is never "best" (nor
+compared); when no epoch has a finite score, or the task has no validation set (``Task.validation`` false,
+allowed only on request, see :func:`covidct.train.common.check_validation`), every epoch runs and the last
+one is kept.
 """
 
 from __future__ import annotations
@@ -47,16 +58,29 @@ class Task:
     evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # must give val_score (higher = better)
     sample_weights: np.ndarray | None = None
     labels_follow_geometry: bool = False
+    #: False: no (usable) validation set; no early stopping, every epoch runs and the last one is kept
+    validation: bool = True
+
+
+#: How the kept epoch was chosen (``FitResult.selection``, the card's ``training.model_selection``).
+SELECT_BEST = "best validation score"
+SELECT_LAST_NO_VALIDATION = "last epoch (no validation)"
+SELECT_LAST_NO_FINITE_SCORE = "last epoch (no finite validation score)"
 
 
 @dataclass
 class FitResult:
+    """``best_state``: the kept weights (of ``best_epoch``); ``stopped_by``: "epochs", "early_stopping" or
+    "time_budget"; ``message``: the same in words, as logged and written to the card."""
+
     best_state: dict[str, torch.Tensor]
     history: list[dict[str, float]]
     best_epoch: int
     epochs_run: int
     stopped_by: str
     metrics: dict[str, float] = field(default_factory=dict)
+    selection: str = SELECT_BEST
+    message: str = ""
 
 
 def resolve_device(name: str, dist: DistInfo) -> torch.device:
@@ -172,8 +196,45 @@ def recalibrate_batchnorm(
     model.train(was_training)
 
 
-def _score(v: float) -> float:
-    return -math.inf if v is None or math.isnan(v) else float(v)
+def _finite_score(metrics: dict[str, float]) -> float | None:
+    """The validation score when it is a finite number, else ``None`` (NaN is never compared)."""
+    v = metrics.get("val_score")
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def stop_message(
+    *,
+    stopped_by: str,
+    epochs_run: int,
+    epochs_max: int,
+    kept: int,
+    selection: str,
+    cfg: TrainConfig,
+    cut: str = "",
+) -> str:
+    """One line saying why training ended and which epoch's weights were kept."""
+    if stopped_by == "time_budget":
+        why = (
+            f"stopped by the time budget ({cfg.max_minutes:g} min) after {epochs_run} of {epochs_max} epochs"
+            + (f", {cut}" if cut else "")
+            + " (the result depends on the machine's speed; fix --epochs and --steps-per-epoch instead "
+            "for a run the seed reproduces)"
+        )
+    elif stopped_by == "early_stopping":
+        why = (
+            f"stopped early after {epochs_run} of {epochs_max} epochs "
+            f"(no better validation score for {cfg.patience} epochs)"
+        )
+    else:
+        why = f"trained the full budget of {epochs_run} epoch{'' if epochs_run == 1 else 's'}"
+    if selection == SELECT_LAST_NO_VALIDATION:
+        return f"no validation: last epoch kept; {why}"
+    if selection == SELECT_LAST_NO_FINITE_SCORE:
+        return f"no epoch had a finite validation score: last epoch kept; {why}"
+    return f"{why}; kept epoch {kept}, the best validation score"
 
 
 def fit(
@@ -227,6 +288,8 @@ def fit(
     n = len(task.train_set)
     show = cfg.progress and dist.is_main and sys.stderr.isatty()
     epoch = start_epoch
+    select_last = not task.validation
+    cut = ""  # where the time budget cut an epoch short
     while epoch < cfg.epochs and stopped_by != "early_stopping":
         stopped_by = ""
         cap = None if cfg.steps_per_epoch is None else cfg.steps_per_epoch * cfg.batch_size * dist.world
@@ -235,9 +298,8 @@ def fit(
         net.train()
         te = time.monotonic()
         losses: list[float] = []
-        bar = tqdm(
-            range(0, len(idx), cfg.batch_size), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show
-        )
+        starts = range(0, len(idx), cfg.batch_size)
+        bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show)
         for b in bar:
             items = [task.train_set[int(i)] for i in idx[b : b + cfg.batch_size]]
             x = torch.stack([it[0] for it in items])
@@ -256,6 +318,8 @@ def fit(
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
             if budget is not None and any_true(dist, time.monotonic() - t0 > budget):
                 stopped_by = "time_budget"
+                if len(losses) < len(starts):
+                    cut = f"epoch {epoch + 1} cut after {len(losses)} of {len(starts)} steps"
                 break
         sched.step()
         train_loss = mean_across(dist, float(np.mean(losses)) if losses else float("nan"))
@@ -274,26 +338,33 @@ def fit(
         row["lr"] = float(opt.param_groups[0]["lr"])
         row["seconds"] = time.monotonic() - te
         history.append(row)
-        score = _score(metrics.get("val_score", -train_loss))
+        score = _finite_score(metrics)
         epoch += 1
-        improved = score > best_score + 1e-6 or best_epoch == 0
-        if improved:
-            best_score, best_epoch, bad_epochs = score, epoch, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if select_last:
+            improved = True  # no validation: the latest epoch is the one kept
+        elif score is None:
+            improved = False  # NaN (or no score) is never best, and not compared
+            if best_epoch > 0:
+                bad_epochs += 1
         else:
-            bad_epochs += 1
-            if bad_epochs >= cfg.patience and not stopped_by:
-                stopped_by = "early_stopping"
+            improved = best_epoch == 0 or score > best_score + 1e-6
+            bad_epochs = 0 if improved else bad_epochs + 1
+        if improved:
+            best_epoch = epoch
+            if score is not None:
+                best_score = score
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        if not select_last and bad_epochs >= cfg.patience and not stopped_by:
+            stopped_by = "early_stopping"
         if not stopped_by and epoch >= cfg.epochs:
             stopped_by = "epochs"
-        log.info(
-            "epoch %d: train loss %.4f, %s %.4f%s",
-            epoch,
-            train_loss,
-            score_name,
-            row.get("val_score", math.nan),
-            " (best)" if improved else "",
-        )
+        if select_last:
+            note = ", no validation"
+        elif score is None:
+            note = f", {score_name} {row.get('val_score', math.nan):.4f} (not a number: not compared)"
+        else:
+            note = f", {score_name} {score:.4f}" + (" (best)" if improved else "")
+        log.info("epoch %d: train loss %.4f%s", epoch, train_loss, note)
         if dist.is_main:
             if improved:
                 _atomic_torch_save({"model": best_state, "epoch": epoch}, ckpt_dir / "best.pt")
@@ -317,12 +388,34 @@ def fit(
         barrier(dist)
         if stopped_by == "time_budget":
             break
+    selection = SELECT_LAST_NO_VALIDATION if select_last else SELECT_BEST
+    if best_epoch == 0 and history:  # validation gave no finite score in any epoch
+        selection = SELECT_LAST_NO_FINITE_SCORE
+        best_epoch = epoch
+        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    stopped_by = stopped_by or "epochs"
+    message = stop_message(
+        stopped_by=stopped_by,
+        epochs_run=epoch,
+        epochs_max=cfg.epochs,
+        kept=best_epoch,
+        selection=selection,
+        cfg=cfg,
+        cut=cut,
+    )
+    if dist.is_main:
+        if stopped_by == "time_budget" or selection == SELECT_LAST_NO_FINITE_SCORE:
+            log.warning("%s", message)
+        else:
+            log.info("%s", message)
     best_row = next((r for r in history if int(r["epoch"]) == best_epoch), {})
     return FitResult(
         best_state=best_state,
         history=history,
         best_epoch=best_epoch,
         epochs_run=epoch,
-        stopped_by=stopped_by or "epochs",
+        stopped_by=stopped_by,
         metrics={k: v for k, v in best_row.items() if k.startswith("val_")},
+        selection=selection,
+        message=message,
     )

@@ -22,7 +22,13 @@ from covidct.registry import LUNG_LABEL_NAMES
 from covidct.segment.quality import dice
 from covidct.segment.unet import build_segmenter
 from covidct.train import augment
-from covidct.train.common import finish_training, load_split_studies, run_dir_of, seed_everything
+from covidct.train.common import (
+    check_validation,
+    finish_training,
+    load_split_studies,
+    run_dir_of,
+    seed_everything,
+)
 from covidct.train.config import SegmenterConfig
 from covidct.train.data import CachedStudy, SliceDataset
 from covidct.train.distributed import init_distributed, shutdown
@@ -62,6 +68,7 @@ def train_segmenter(config: SegmenterConfig) -> Path:
         studies, summary = load_split_studies(
             cfg, task="segmenter", window=SEGMENTER_WINDOW, dist=dist, allow_images=False
         )
+        validation = check_validation(cfg, studies, summary, per_class=False)
         train_set = SliceDataset(studies["train"])
         torch.manual_seed(cfg.seed)
         model = build_segmenter(features=cfg.features)
@@ -80,13 +87,20 @@ def train_segmenter(config: SegmenterConfig) -> Path:
             return {"val_dice_right": d_right, "val_dice_left": d_left, "val_dice": mean, "val_score": mean}
 
         task = Task(
-            model=model, train_set=train_set, loss_fn=loss_fn, evaluate=evaluate, labels_follow_geometry=True
+            model=model,
+            train_set=train_set,
+            loss_fn=loss_fn,
+            evaluate=evaluate,
+            labels_follow_geometry=True,
+            validation=validation["status"] == "ok",
         )
         result = fit(
             cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name="mean lung Dice"
         )
         if dist.is_main:
-            finish_training(cfg, result, summary, make_card=segmenter_card, what="segmenter")
+            finish_training(
+                cfg, result, summary, make_card=segmenter_card, what="segmenter", validation=validation
+            )
         return cfg.out_dir
     finally:
         shutdown(dist)
