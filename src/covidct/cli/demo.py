@@ -48,6 +48,14 @@ def run(args: argparse.Namespace) -> int:
     )
     print(f"  test accuracy:  {acc['value']:.1%} ({acc['numerator']}/{acc['denominator']} patients)")
     print(f"  report:         {out}/evaluation/summary.md")
+    print("  seeds:          " + ", ".join(f"{k} {v}" for k, v in summary["seeds"].items()))
+    for what in ("segmenter", "classifier"):
+        t = summary["training"][what]
+        print(
+            f"  {what + ':':15s} {t['epochs_run']} of {t['epochs_max']} epochs x {t['steps_per_epoch']} steps, "
+            f"kept epoch {t['kept_epoch']}, weights sha256 {str(t['weights_sha256'])[:12]}"
+        )
+    print(f"  model hash:     {summary['training']['pipeline_hash']}")
     for row in summary["real"]:
         if "error" in row:
             print(f"  real {row['case']}: FAILED: {row['error']}", file=sys.stderr)
