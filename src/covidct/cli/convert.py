@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covidct.cli._common import show_progress, study_stem
+from covidct.cli._common import check_output_folder, show_progress, study_stem
 from covidct.errors import ConfigError
 from covidct.registry import LUNG_WINDOW, Window
 
@@ -89,12 +89,11 @@ def run(args: argparse.Namespace) -> int:
         win = parse_window(args.window) if args.window else LUNG_WINDOW
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    out = Path(args.output)
+    check_output_folder(out, what="-o")  # before reading the study
     volume = load_study(args.input, workers=args.workers, progress=show_progress(args.no_progress))
     if not volume.slices:
         raise ConfigError(f"{args.input}: the volume carries no slice list")
-    out = Path(args.output)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder; give a folder for -o")
     if args.format == "nifti":
         target = volume.save(out / f"{study_stem(args.input)}.nii.gz")
         print(target)

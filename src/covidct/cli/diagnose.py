@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from covidct.cli._common import show_progress, study_stem
+from covidct.cli._common import check_output_folder, show_progress, study_stem
 from covidct.errors import ConfigError, CovidCTError
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir = Path(args.output) if args.output else None
     if out_dir is None and (args.report or args.dicom_seg or args.save_mask):
         raise ConfigError("--report, --dicom-seg and --save-mask write files: give an output folder with -o")
-    if out_dir is not None and out_dir.exists() and not out_dir.is_dir():
-        raise ConfigError(f"-o {out_dir}: this is a file, not a folder; give a folder for the outputs")
+    if out_dir is not None:  # before loading models or reading studies: a bad -o fails in a second
+        check_output_folder(out_dir, what="-o")
     if args.dicom_seg:
         zips = [s for s in args.inputs if _is_zip(s)]
         if zips:

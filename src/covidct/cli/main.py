@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from covidct import __version__
 from covidct.errors import CovidCTError
@@ -28,6 +32,11 @@ COMMANDS: tuple[str, ...] = (
 )
 
 log = logging.getLogger("covidct")
+
+#: errno values of a write the user can fix (space, permissions, read-only mount): one line, not a traceback.
+_WRITE_ERRNOS = frozenset(
+    getattr(errno, name) for name in ("ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM") if hasattr(errno, name)
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +62,28 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _stop_workers() -> None:
+    """Terminate the decoding worker processes, if any were started (they ignore Ctrl-C themselves)."""
+    loader = sys.modules.get("covidct.io.loader")
+    if loader is not None:
+        loader.stop_pools()
+
+
+def _stop_workers_on_ctrl_c() -> Callable[[], object]:
+    """Make Ctrl-C stop the decoding workers before KeyboardInterrupt unwinds the command, so that nothing
+    waits for them (e.g. a study being read in a background thread); returns a function restoring the
+    previous handler (a no-op outside the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        _stop_workers()
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    return lambda: signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     _configure_logging(args.verbose, args.quiet)
+    restore_sigint = _stop_workers_on_ctrl_c()
     try:
         return int(args.func(args) or 0)
     except CovidCTError as exc:
@@ -67,7 +99,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print(f"covidct {args.command}: interrupted", file=sys.stderr)
+        _stop_workers()
         return 130
+    except OSError as exc:  # e.g. an output that could not be written after all (disk full, quota)
+        if exc.errno not in _WRITE_ERRNOS:
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        hint = "check the folder's permissions and the free space"
+        print(f"covidct {args.command}: error: {where}{exc.strerror}; {hint}", file=sys.stderr)
+        return 1
+    finally:
+        restore_sigint()
 
 
 if __name__ == "__main__":

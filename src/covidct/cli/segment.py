@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
+from covidct.cli._common import check_output_file
 from covidct.errors import ConfigError, NotChestCTError
 
 log = logging.getLogger(__name__)
@@ -39,18 +39,8 @@ def register(sub: Any) -> None:
 
 
 def check_writable(path: str, *, what: str) -> None:
-    """Raise :class:`ConfigError` when ``path`` cannot become a file: it is a folder, or a parent is a file.
-
-    Checked before any work, so a bad ``-o`` fails in a second instead of after loading and segmenting.
-    """
-    target = Path(path)
-    if target.is_dir():
-        raise ConfigError(f"{what} {path}: is a folder; give a file name")
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{what} {path}: {parent} is a file, not a folder; choose another path")
-            break
+    """Raise :class:`ConfigError` when ``path`` cannot become a file (see :func:`check_output_file`)."""
+    check_output_file(path, what=what)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -156,6 +156,15 @@ def _pixel_data_state(fp: Any, size: int) -> str:
     return "ok" if start + length <= size else "truncated"
 
 
+def ignore_sigint() -> None:
+    """Initializer of decoding worker processes: Ctrl-C reaches the whole process group, and only the parent
+    should act on it (it stops the run and says so in one line); a worker's KeyboardInterrupt would print a
+    traceback per process."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def read_headers(paths: list[str]) -> list[_Header | tuple[str, str]]:
     """:func:`read_header` of each path (a unit of work for a process pool)."""
     return [read_header(p) for p in paths]

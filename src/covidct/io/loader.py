@@ -234,7 +234,9 @@ def _pool_context() -> Any:
 #: Decoding pools kept for the life of the process, one per worker count: starting a pool costs more than
 #: decoding a study on a small machine, so a Diagnoser reading many studies starts it once.
 _POOLS: dict[int, ProcessPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
+_POOLS_LOCK = threading.RLock()  # re-entrant: stop_pools may run in a signal handler of the holding thread
+#: Set by :func:`stop_pools`: work cut short by it is not redone serially (a study read in another thread).
+_STOPPED = threading.Event()
 
 
 def _shared_pool(n_workers: int, ctx: Any) -> ProcessPoolExecutor:
@@ -242,9 +244,29 @@ def _shared_pool(n_workers: int, ctx: Any) -> ProcessPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(n_workers)
         if pool is None:
-            pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx)
+            pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=dicom.ignore_sigint)
             _POOLS[n_workers] = pool
         return pool
+
+
+def stop_pools() -> None:
+    """Stop every decoding pool now: queued work is cancelled and the worker processes are terminated.
+
+    For an interrupted run (Ctrl-C): without it, exiting waits for the workers to finish their chunks, and a
+    study being read in another thread is read to the end. No pool starts afterwards in this process.
+    """
+    _STOPPED.set()
+    with _POOLS_LOCK:
+        pools = list(_POOLS.values())
+        _POOLS.clear()
+    for pool in pools:
+        processes = list(getattr(pool, "_processes", {}).values())  # CPython's executor keeps them here
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in processes:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in processes:
+            proc.join(timeout=5)
 
 
 def _drop_pool(n_workers: int, pool: ProcessPoolExecutor) -> None:
@@ -316,6 +338,8 @@ def _chunks(items: list[Any], n_workers: int) -> list[list[Any]]:
 def _parallel(fn: Any, chunks: list[Any], n_workers: int, what: str) -> Iterator[list[Any]] | None:
     """``fn`` over ``chunks`` in the shared pool, results in order; None when processes cannot be used here
     (the caller then works serially). A pool that breaks mid-way raises BrokenProcessPool and is dropped."""
+    if _STOPPED.is_set():  # the run was interrupted: start no new workers (e.g. for a prefetched study)
+        raise InputError(f"{what} stopped: the run was interrupted")
     ctx = _pool_context()
     if not _main_reimport_safe(ctx):
         log.info(
@@ -350,6 +374,8 @@ def _read_headers(files: list[str], workers: int | None) -> list[Any]:
             try:
                 return [h for chunk in chunks for h in chunk]
             except (OSError, BrokenProcessPool) as exc:  # no processes here (sandbox, no /dev/shm)
+                if _STOPPED.is_set():
+                    raise
                 log.warning("parallel header reading unavailable (%s); reading serially", exc)
     return dicom.read_headers(files)
 
@@ -375,6 +401,8 @@ def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) 
                     bar.update(len(res))
                 return out
             except (OSError, BrokenProcessPool) as exc:  # no processes here (sandbox, no /dev/shm)
+                if _STOPPED.is_set():
+                    raise
                 log.warning("parallel decoding unavailable (%s); decoding serially", exc)
                 bar.reset()
         return _decode_serial(jobs, bar)

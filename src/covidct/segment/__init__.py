@@ -16,6 +16,25 @@ from covidct.segment.classical import ClassicalSegmenter
 METHODS: tuple[str, ...] = ("classical", "unet")
 
 
+def _check_device(device: str) -> None:
+    """Raise :class:`ConfigError` unless torch can run on ``device`` here (cpu, or cuda with CUDA present)."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif dev.type != "cpu":
+        raise ConfigError(f"--device {device!r}: the U-Net segmenter runs on cpu or cuda only")
+
+
 def get_segmenter(
     method: str = "classical", *, model_dir: str | Path | None = None, device: str = "cpu"
 ) -> Segmenter:
@@ -30,6 +49,7 @@ def get_segmenter(
     if name == "unet":
         if model_dir is None:
             raise ConfigError("the unet segmenter needs a model folder: pass --model DIR (model_dir=...)")
+        _check_device(device)  # before loading: torch's own refusal is an AssertionError
         from covidct.segment.unet import UNetSegmenter
 
         segmenter: Segmenter = UNetSegmenter.from_bundle(model_dir, device=device)
