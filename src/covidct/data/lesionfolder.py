@@ -15,18 +15,35 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from covidct.data.realistic.donors import image_pairs, is_validation_image, read_pair
+from covidct.data.realistic.donors import (
+    LUNG_HU,
+    SOFT_TISSUE_HU,
+    hu_anchors,
+    image_pairs,
+    is_validation_image,
+    read_pair,
+)
+from covidct.preprocess import window
+from covidct.registry import LUNG_WINDOW
 
 #: Fraction of the field of view the lungs span across on a whole axial chest slice (measured on the real
 #: series here: about 0.6-0.7).
 LUNG_SPAN = 0.65
 #: Grey level under which a pixel of a lung-window image counts as aerated lung.
 LUNG_GREY = 110
+#: Grey level at or under which a pixel is air outside the lung window (outside the body, trachea).
+AIR_GREY = 8
 
 
 def lung_mask_2d(img: np.ndarray, lesion: np.ndarray) -> np.ndarray:
-    """Aerated lung (dark) plus the lesions, holes (vessels) filled, components under 2% of the image gone."""
-    lung = (img < LUNG_GREY) | (lesion > 0)
+    """Aerated lung (dark, under an Otsu cut) plus the lesions, holes (vessels) filled, components under 2% of the image gone."""
+    # aerated lung is dark but not black: air outside the body (and in the trachea) is below the window (0)
+    # (the grey levels of soft tissue differ from set to set: the lung/tissue cut is Otsu's, at most LUNG_GREY)
+    from skimage.filters import threshold_otsu
+
+    body = img[img > AIR_GREY]
+    cut = min(float(threshold_otsu(body)), LUNG_GREY) if body.size > 100 else LUNG_GREY
+    lung = ((img > AIR_GREY) & (img < cut)) | (lesion > 0)
     lung = ndimage.binary_opening(lung, iterations=1)
     border = np.zeros_like(lung)  # air outside the body touches the border of a lung crop only rarely
     lab, n = ndimage.label(lung)
@@ -46,7 +63,10 @@ def classifier_inputs_from_image(img: np.ndarray, lesion: np.ndarray, image_size
     img = np.rot90(np.asarray(img, np.float32), -1)
     lesion = np.rot90(np.asarray(lesion), -1)
     mask = lung_mask_2d(img, lesion)
-    x = np.where(mask, img / 255.0, 0.0).astype(np.float32)
+    # grey levels to HU by the image's own lung and soft-tissue levels, then the lung window, as for CT
+    lung, soft = hu_anchors(img, lesion)
+    hu = LUNG_HU + (img - lung) * (SOFT_TISSUE_HU - LUNG_HU) / (soft - lung)
+    x = np.where(mask, window(hu, LUNG_WINDOW), 0.0).astype(np.float32)
     side = int(np.ceil(max(x.shape) / LUNG_SPAN))
     canvas = np.zeros((side, side), np.float32)
     y0, x0 = (side - x.shape[0]) // 2, (side - x.shape[1]) // 2

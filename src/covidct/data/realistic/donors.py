@@ -115,13 +115,18 @@ def read_pair(image: Path, mask: Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hu_anchors(img: np.ndarray, lesion: np.ndarray) -> tuple[float, float]:
-    """Healthy-lung and soft-tissue grey levels of one image (modes of the dark and bright parts)."""
-    free = img[(lesion == 0)]
-    dark = free[(free > 3) & (free < 110)]
-    bright = free[free >= 150]
+    """Healthy-lung and soft-tissue grey levels of one image: the medians under and over Otsu's cut of the
+    non-black pixels outside the lesions (the sets differ in their windows, so no fixed grey level works)."""
+    from skimage.filters import threshold_otsu
+
+    free = img[(lesion == 0) & (img > 3)]
+    if free.size < 1000:
+        return 50.0, 200.0
+    cut = float(threshold_otsu(free))
+    dark, bright = free[free < cut], free[free >= cut]
     lung = float(np.median(dark)) if dark.size > 500 else 50.0
     soft = float(np.median(bright)) if bright.size > 500 else 200.0
-    if soft - lung < 60:  # too little contrast to trust: a typical lung-window image
+    if soft - lung < 40:  # too little contrast to trust: a typical lung-window image
         lung, soft = 50.0, 200.0
     return lung, soft
 
