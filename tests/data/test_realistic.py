@@ -162,3 +162,22 @@ def test_lesion_folder_images_become_classifier_inputs(tmp_path: Path) -> None:
     assert xs.shape == (12, 1, 32, 32) and flags.all() and len(names) == 12
     val = lesion_folder_inputs(tmp_path / "d", image_size=32, split="val")[2]
     assert set(val) == {n for n in names if is_validation_image(n)}
+
+
+def test_lesion_folder_mask_follows_each_images_window() -> None:
+    """A darker window (soft tissue at grey 90, under the default lung cut): the mask stays on the lungs
+    and the lungs come out at CT's lung-window level, not darker."""
+    from covidct.data.lesionfolder import classifier_inputs_from_image, lung_mask_2d
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((120, 160), np.float32)
+    img[10:110, 10:150] = 90.0  # body / mediastinum
+    img[20:100, 20:70] = 30.0  # lungs
+    img[20:100, 90:140] = 30.0
+    img += rng.normal(0, 2, img.shape)
+    mask = lung_mask_2d(img, np.zeros(img.shape, np.uint8))
+    assert mask[60, 45] and mask[60, 115] and not mask[60, 80] and not mask[5, 5]
+    x = classifier_inputs_from_image(img, np.zeros(img.shape, np.uint8), 64)[0]
+    lungs = x[x > 0]
+    # healthy lung -> about -860 HU -> (1200 - 860) / 1200 = 0.28 in the lung window
+    assert abs(float(np.median(lungs)) - 0.283) < 0.03
