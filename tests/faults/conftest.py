@@ -53,3 +53,11 @@ def make_app(tmp_path: Path) -> Callable[..., Any]:
         return create_app(diagnoser or FakeDiagnoser(seed=0), settings=ServeSettings(**settings))
 
     return factory
+
+
+@pytest.fixture
+def nifti_bytes(tmp_path: Path) -> bytes:
+    from fake_study import make_volume
+
+    volume, _ = make_volume(n=12, size=48)
+    return bytes(volume.save(tmp_path / "study.nii.gz").read_bytes())

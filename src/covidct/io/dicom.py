@@ -8,6 +8,7 @@ superior. Headers are read with ``stop_before_pixels``; pixels are decoded only 
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import struct
@@ -165,6 +166,55 @@ def ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+#: Largest file read as DICOM (a bound on the bytes one file can make covidct read; an Enhanced CT of 1,500
+#: 512x512 frames is 750 MiB). Larger files are left out as "too large".
+MAX_DICOM_FILE_BYTES = 2 * 1024**3
+#: Groups a DICOM file without the 128-byte preamble and "DICM" may start with (file meta, directory,
+#: identifying, patient, acquisition, relationship, image). Anything else is not read by force: a file of
+#: zeros would otherwise be parsed as millions of empty elements (minutes for a gigabyte).
+_RAW_START_GROUPS = frozenset({0x0002, 0x0004, 0x0008, 0x0010, 0x0018, 0x0020, 0x0028})
+
+
+#: Most header bytes read from one file (values past ``_DEFER_BYTES`` are skipped, not read): a header of
+#: many thousand frames fits; a crafted file (a preamble followed by a gigabyte of zeros, which pydicom would
+#: parse as empty elements for minutes) is refused within a second or two.
+MAX_DICOM_HEADER_BYTES = 4 * 1024**2
+_DEFER_BYTES = 256 * 1024
+
+
+class _HeaderTooLong(Exception):
+    pass
+
+
+class _BoundedFile(io.FileIO):
+    """A raw file that refuses to read more than ``limit`` bytes in all (None: no limit)."""
+
+    def __init__(self, path: str, limit: int | None) -> None:
+        super().__init__(path, "rb")
+        self.limit = limit
+        self.bytes_read = 0
+
+    def readinto(self, buffer: Any) -> int:
+        n = super().readinto(buffer)
+        self.bytes_read += n or 0
+        if self.limit is not None and self.bytes_read > self.limit:
+            raise _HeaderTooLong
+        return n
+
+
+def _may_be_raw_dicom(path: str) -> bool:
+    """Does ``path`` start like a DICOM data set without a preamble (little or big endian)?"""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError:
+        return False
+    if len(head) < 8:
+        return False
+    little, big = struct.unpack("<H", head[:2])[0], struct.unpack(">H", head[:2])[0]
+    return little in _RAW_START_GROUPS or big in _RAW_START_GROUPS
+
+
 def read_headers(paths: list[str]) -> list[_Header | tuple[str, str]]:
     """:func:`read_header` of each path (a unit of work for a process pool)."""
     return [read_header(p) for p in paths]
@@ -179,13 +229,22 @@ def read_header(path: str) -> _Header | tuple[str, str]:
         size = os.path.getsize(path)
     except OSError as exc:  # a broken symbolic link, a file removed meanwhile, no permission
         return path, f"unreadable file ({exc.strerror or type(exc).__name__})"
+    if size > MAX_DICOM_FILE_BYTES:
+        return (
+            path,
+            f"too large for a DICOM image ({size / 1024**3:.1f} GiB; at most {MAX_DICOM_FILE_BYTES >> 30} GiB)",
+        )
     ds = None
     force = False
     state = "missing"
     for force in (False, True):
+        if force and not _may_be_raw_dicom(path):
+            return path, "not a DICOM file"
         try:
-            with open(path, "rb") as fp:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force)
+            raw = _BoundedFile(path, MAX_DICOM_HEADER_BYTES)
+            with io.BufferedReader(raw) as fp:
+                ds = pydicom.dcmread(fp, stop_before_pixels=True, force=force, defer_size=_DEFER_BYTES)
+                raw.limit = None
                 meta = getattr(ds, "file_meta", None)
                 tsyn = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
                 if tsyn in ("1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"):
@@ -195,6 +254,11 @@ def read_header(path: str) -> _Header | tuple[str, str]:
             break
         except InvalidDicomError:
             continue
+        except _HeaderTooLong:
+            return (
+                path,
+                f"not a usable DICOM file (no image header within its first {MAX_DICOM_HEADER_BYTES >> 20} MiB)",
+            )
         except Exception as exc:  # a corrupt header (or, read by force, no DICOM at all)
             if force:
                 return path, "not a DICOM file"

@@ -27,9 +27,15 @@ VOLUME_SUFFIXES: dict[str, str] = {
     ".mhd": "mha",
 }
 
-#: Default limits of :func:`safe_extract_zip`.
+#: Default limits of :func:`safe_extract_zip`: total and per-member uncompressed bytes, members, and the
+#: compression ratio (uncompressed / compressed) above which a member, or the whole archive, is a bomb. The
+#: ratio is judged only past ``RATIO_MIN_BYTES`` uncompressed, where no honest CT data compresses that well
+#: (DICOM slices deflate 2-10x; a member of zeros ~1000x), so small, very compressible files stay accepted.
 MAX_ZIP_BYTES = 8 * 1024**3
 MAX_ZIP_FILES = 50_000
+MAX_ZIP_MEMBER_BYTES = 2 * 1024**3
+MAX_ZIP_RATIO = 100.0
+RATIO_MIN_BYTES = 16 * 1024**2
 
 
 def volume_format(path: Path) -> str | None:
@@ -107,14 +113,65 @@ def read_volume_image(path: Path) -> tuple[np.ndarray, tuple[float, float, float
     return canonicalize(hu, (float(sz), float(sy), float(sx)), origin, direction)
 
 
+def _mib(n: float) -> str:
+    return f"{n / 1024**2:,.0f} MiB" if n >= 1024**2 else f"{int(n):,} bytes"
+
+
+def check_zip_members(
+    zip_path: Path,
+    infos: list[zipfile.ZipInfo],
+    *,
+    max_bytes: int,
+    max_files: int,
+    max_member_bytes: int,
+    max_ratio: float | None,
+    ratio_min_bytes: int = RATIO_MIN_BYTES,
+) -> None:
+    """Refuse an archive from its directory alone, before anything is extracted (:class:`InputError`)."""
+    if len(infos) > max_files:
+        raise InputError(f"{zip_path}: {len(infos)} members exceed the limit of {max_files} files")
+    for info in infos:
+        if info.file_size > max_member_bytes:
+            raise InputError(
+                f"{zip_path}: member {info.filename!r} is {_mib(info.file_size)} uncompressed, past the limit "
+                f"of {_mib(max_member_bytes)} a file (zip bomb?); refused before extraction"
+            )
+        ratio = info.file_size / max(info.compress_size, 1)
+        if max_ratio is not None and info.file_size > ratio_min_bytes and ratio > max_ratio:
+            raise InputError(
+                f"{zip_path}: member {info.filename!r} expands {ratio:,.0f}x ({_mib(info.compress_size)} to "
+                f"{_mib(info.file_size)}), past the compression ratio limit of {max_ratio:g}x (zip bomb?); "
+                "refused before extraction"
+            )
+    declared = sum(i.file_size for i in infos)
+    if declared > max_bytes:
+        raise InputError(f"{zip_path}: {declared} bytes uncompressed exceed the limit of {max_bytes}")
+    packed = max(sum(i.compress_size for i in infos), 1)
+    if max_ratio is not None and declared > ratio_min_bytes and declared / packed > max_ratio:
+        raise InputError(
+            f"{zip_path}: the archive expands {declared / packed:,.0f}x ({_mib(packed)} to {_mib(declared)}), "
+            f"past the compression ratio limit of {max_ratio:g}x (zip bomb?); refused before extraction"
+        )
+
+
 def safe_extract_zip(
-    zip_path: str | Path, dest: str | Path, *, max_bytes: int = MAX_ZIP_BYTES, max_files: int = MAX_ZIP_FILES
+    zip_path: str | Path,
+    dest: str | Path,
+    *,
+    max_bytes: int = MAX_ZIP_BYTES,
+    max_files: int = MAX_ZIP_FILES,
+    max_member_bytes: int = MAX_ZIP_MEMBER_BYTES,
+    max_ratio: float | None = MAX_ZIP_RATIO,
+    ratio_min_bytes: int = RATIO_MIN_BYTES,
 ) -> Path:
     """Extract ``zip_path`` into ``dest``, refusing path traversal, links and zip bombs.
 
     Refuses (with :class:`InputError`) absolute names, ``..`` components, symbolic links, more than
-    ``max_files`` members, and more than ``max_bytes`` uncompressed in total (counted while writing, so a
-    lying header does not help). Returns ``dest``.
+    ``max_files`` members, a member of more than ``max_member_bytes`` uncompressed, more than ``max_bytes``
+    in total, and a member (or the archive) of more than ``ratio_min_bytes`` that expands more than
+    ``max_ratio`` times (None: no ratio limit), all from the archive's directory before anything is written. While writing, the bytes are
+    counted again (a member may not exceed what its header declares), so a lying header does not help.
+    Returns ``dest``.
     """
     zip_path = Path(zip_path)
     dest = Path(dest)
@@ -124,11 +181,15 @@ def safe_extract_zip(
         raise InputError(f"{zip_path}: not a readable zip archive ({exc})") from exc
     with archive:
         infos = archive.infolist()
-        if len(infos) > max_files:
-            raise InputError(f"{zip_path}: {len(infos)} members exceed the limit of {max_files} files")
-        declared = sum(i.file_size for i in infos)
-        if declared > max_bytes:
-            raise InputError(f"{zip_path}: {declared} bytes uncompressed exceed the limit of {max_bytes}")
+        check_zip_members(
+            zip_path,
+            infos,
+            max_bytes=max_bytes,
+            max_files=max_files,
+            max_member_bytes=max_member_bytes,
+            max_ratio=max_ratio,
+            ratio_min_bytes=ratio_min_bytes,
+        )
         dest.mkdir(parents=True, exist_ok=True)
         root = dest.resolve()
         written = 0
@@ -146,15 +207,20 @@ def safe_extract_zip(
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
+            member_written = 0
             with archive.open(info) as src, open(target, "wb") as out:
                 while True:
                     chunk = src.read(1 << 20)
                     if not chunk:
                         break
                     written += len(chunk)
-                    if written > max_bytes:
+                    member_written += len(chunk)
+                    if written > max_bytes or member_written > info.file_size:
                         out.close()
                         target.unlink(missing_ok=True)
-                        raise InputError(f"{zip_path}: expands past {max_bytes} bytes (zip bomb?); refused")
+                        raise InputError(
+                            f"{zip_path}: expands past {max_bytes} bytes or past its declared sizes (zip "
+                            "bomb?); refused"
+                        )
                     out.write(chunk)
     return dest

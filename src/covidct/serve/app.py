@@ -65,10 +65,16 @@ class ServeSettings:
     work_dir: Path | None = None
     max_unzipped_mb: float = 4096.0
     max_zip_files: int = 10000
+    #: One member of a zip (or a gzip upload) may not expand past this (MiB) ...
+    max_zip_member_mb: float = 2048.0
+    #: ... nor, past 16 MiB, more than this many times its compressed size (DICOM deflates 2-10x).
+    max_zip_ratio: float = 100.0
 
     def __post_init__(self) -> None:
-        if self.max_upload_mb <= 0 or self.max_unzipped_mb <= 0:
+        if self.max_upload_mb <= 0 or self.max_unzipped_mb <= 0 or self.max_zip_member_mb <= 0:
             raise ValueError("upload and unzipped size limits must be positive (MiB)")
+        if self.max_zip_ratio <= 1:
+            raise ValueError(f"the compression ratio limit must be above 1, got {self.max_zip_ratio}")
         if self.workers < 1 or self.max_pending < 1 or self.max_zip_files < 1:
             raise ValueError("workers, max_pending and max_zip_files must be >= 1")
         if self.retention_minutes <= 0:
@@ -105,12 +111,21 @@ def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
     max_unzipped = int(settings.max_unzipped_mb * (1 << 20))
     if kind == "zip":
         study = safe_extract_zip(
-            saved, folder / "study", max_bytes=max_unzipped, max_files=settings.max_zip_files
+            saved,
+            folder / "study",
+            max_bytes=max_unzipped,
+            max_files=settings.max_zip_files,
+            max_member_bytes=int(settings.max_zip_member_mb * (1 << 20)),
+            max_ratio=settings.max_zip_ratio,
         )
         saved.unlink()
         return Path(study)
     if kind == "nifti-gz":
-        check_gzip_size(saved, max_bytes=max_unzipped)
+        check_gzip_size(
+            saved,
+            max_bytes=min(max_unzipped, int(settings.max_zip_member_mb * (1 << 20))),
+            max_ratio=settings.max_zip_ratio,
+        )
     return saved
 
 
@@ -344,11 +359,18 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         return JSONResponse(json_safe(body), status_code=status)
 
     @app.delete("/v1/studies/{job_id}", dependencies=auth, tags=["studies"])
-    def delete_study(job_id: str) -> dict[str, str]:
-        """Delete a finished study and its data now."""
-        if not store.delete(job_id):
-            raise HTTPException(404, f"no finished study {job_id!r} to delete")
-        return {"id": job_id, "status": "deleted"}
+    def delete_study(job_id: str) -> JSONResponse:
+        """Delete a study and its data: now when finished or still queued (200 ``deleted``); a running one is
+        cancelled (202 ``cancelling``): its outcome is thrown away and its data deleted when the current
+        stage ends, after which its id answers 404."""
+        outcome = store.cancel(job_id)
+        if outcome is None:
+            raise HTTPException(
+                404, f"no study {job_id!r} (unknown id, or deleted after the retention period)"
+            )
+        return JSONResponse(
+            {"id": job_id, "status": outcome}, status_code=200 if outcome == "deleted" else 202
+        )
 
     def _index(result: StudyResult, index: int) -> int:
         try:

@@ -18,7 +18,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,6 +56,9 @@ class Job:
     error: str | None = None
     user_error: bool = False  # True when the input was at fault (HTTP 4xx), False for a service fault
     result: StudyResult | None = None
+    #: Set by DELETE while the job is queued or running: its outcome is thrown away and its data deleted.
+    cancelled: bool = False
+    future: Future[None] | None = field(default=None, repr=False)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     #: Held while a document (report, SEG) of this job is generated, so concurrent requests make it once.
     documents: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -68,6 +71,8 @@ class Job:
             out["finished"] = self.finished
         if self.error is not None:
             out["error"] = self.error
+        if self.cancelled:
+            out["cancelled"] = True
         return out
 
 
@@ -162,8 +167,12 @@ class JobStore:
         return job
 
     def submit(self, job: Job) -> None:
-        """Queue ``job`` on the worker pool."""
-        self._pool.submit(self._execute, job)
+        """Queue ``job`` on the worker pool (a job cancelled while its upload was stored is dropped)."""
+        with job.lock:
+            if job.cancelled:
+                self._forget(job)
+                return
+            job.future = self._pool.submit(self._execute, job)
 
     def public_message(self, job: Job, text: str) -> str:
         """``text`` without server paths (see :func:`public_message`)."""
@@ -183,9 +192,15 @@ class JobStore:
 
     def _execute(self, job: Job) -> None:
         with job.lock:
+            if job.cancelled:
+                return
             job.status, job.started = RUNNING, time.time()
         try:
             result = self._run(job)
+            if job.cancelled:
+                self._forget(job)
+                log.info("job %s: cancelled while running; its outcome and data are deleted", job.id)
+                return
             result = persist_result(result, job.dir / "arrays")
         except CovidCTError as exc:
             log.info("job %s: input refused (%s)", job.id, type(exc).__name__)
@@ -209,11 +224,16 @@ class JobStore:
         if error is not None:
             shutil.rmtree(job.dir / "input", ignore_errors=True)
         with job.lock:
-            if error is None:
+            cancelled = job.cancelled
+            if cancelled:
+                pass
+            elif error is None:
                 job.status, job.result = DONE, result
             else:
                 job.status, job.error, job.user_error = FAILED, error, user_error
             job.finished = time.time()
+        if cancelled:
+            self._forget(job)
 
     # --- queries ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -240,6 +260,33 @@ class JobStore:
             del self._jobs[job_id]
         shutil.rmtree(job.dir, ignore_errors=True)
         return True
+
+    def cancel(self, job_id: str) -> str | None:
+        """DELETE of any job: ``"deleted"`` (finished, or queued and never started: gone now), ``"cancelling"``
+        (running: its outcome is thrown away and its data deleted when the current stage returns), or None
+        for an unknown id."""
+        job = self.get(job_id)
+        if job is None:
+            return None
+        if self.delete(job_id):
+            return "deleted"
+        with job.lock:  # _finish publishes under this lock: either it sees the flag, or we see it finished
+            finished = job.status in (DONE, FAILED)
+            job.cancelled = not finished
+            never_started = not finished and job.future is not None and job.future.cancel()
+        if finished:
+            return "deleted" if self.delete(job_id) else None
+        if never_started:
+            self._forget(job)
+            return "deleted"
+        log.info("job %s: cancellation requested", job.id)
+        return "cancelling"
+
+    def _forget(self, job: Job) -> None:
+        """Drop a cancelled job's record and folder."""
+        with self._lock:
+            self._jobs.pop(job.id, None)
+        shutil.rmtree(job.dir, ignore_errors=True)
 
     def sweep(self, now: float | None = None) -> int:
         """Delete finished jobs older than the retention period; returns how many were deleted."""

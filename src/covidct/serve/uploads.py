@@ -53,11 +53,14 @@ def sniff(head: bytes) -> str:
     )
 
 
-def check_gzip_size(path: Path, *, max_bytes: int) -> None:
-    """Refuse a gzip file whose decompressed size exceeds ``max_bytes`` (a gzip bomb).
-
-    Reads the stream through once (cheap compared with diagnosis) rather than trusting the 32-bit trailer.
+def check_gzip_size(path: Path, *, max_bytes: int, max_ratio: float | None = None) -> None:
+    """Refuse a gzip file that expands past ``max_bytes``, or (past 16 MiB) more than ``max_ratio`` times its
+    compressed size: a gzip bomb. Reads the stream only as far as needed to tell (never past a limit) rather
+    than trusting the 32-bit trailer.
     """
+    from covidct.io.formats import RATIO_MIN_BYTES
+
+    packed = max(path.stat().st_size, 1)
     total = 0
     try:
         with gzip.open(path, "rb") as fh:
@@ -66,6 +69,10 @@ def check_gzip_size(path: Path, *, max_bytes: int) -> None:
                 if total > max_bytes:
                     raise InputError(
                         f"the gzip upload expands past {max_bytes // (1 << 20)} MiB; refused (gzip bomb?)"
+                    )
+                if max_ratio is not None and total > RATIO_MIN_BYTES and total > max_ratio * packed:
+                    raise InputError(
+                        f"the gzip upload expands more than {max_ratio:g}x its size; refused (gzip bomb?)"
                     )
     except (OSError, EOFError) as exc:
         raise InputError(f"the gzip upload is corrupt ({exc.__class__.__name__})") from exc
