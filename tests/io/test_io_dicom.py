@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
@@ -165,10 +166,19 @@ def test_only_derived_series_is_used_with_a_warning(tmp_path: Path, write_series
 
 def test_duplicate_positions_and_uneven_gaps_warn(tmp_path: Path, write_series, dw) -> None:
     hu = dw.phantom(6)
-    paths = write_series(tmp_path, hu)
-    shutil.copy(paths[2], tmp_path / "dup.dcm")
+    paths = write_series(tmp_path / "hole", hu)
     paths[4].unlink()  # a missing slice: one gap of 4 mm among 2 mm gaps
-    vol = load_study(tmp_path, workers=1)
+    # issue 12: a slice missing inside the series is refused like one that fails to decode (it was kept
+    # with a warning, and the volume had a hole); missing at the end, it only shortens the volume (below)
+    with pytest.raises(InputError, match=r"IM0003\.dcm.*IM0005\.dcm.*would have a gap"):
+        load_study(tmp_path / "hole", workers=1)
+    paths = write_series(tmp_path / "s", hu)
+    shutil.copy(paths[2], tmp_path / "s" / "dup.dcm")
+    paths[5].unlink()
+    ds = pydicom.dcmread(paths[3])  # uneven, but no slice missing: 2.6 and 1.4 mm steps among 2 mm ones
+    ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1], 94.0 - 0.6]
+    ds.save_as(paths[3])
+    vol = load_study(tmp_path / "s", workers=1)
     assert vol.n_slices == 5
     assert any("duplicat" in w for w in vol.meta.warnings)
     assert any("uneven slice gaps" in w for w in vol.meta.warnings)
@@ -181,10 +191,15 @@ def test_truncated_and_garbage_files_are_skipped_with_warning(tmp_path: Path, wr
     data = paths[1].read_bytes()
     paths[1].write_bytes(data[: len(data) - 200])
     (tmp_path / "junk.dcm").write_bytes(b"\x00garbage" * 50)
+    # issue 12: truncated inside the series -> refused, naming the file (it was skipped, leaving a hole)
+    with pytest.raises(InputError, match=r"IM0001\.dcm was left out \(truncated file.*would have a gap"):
+        load_study(tmp_path, workers=1)
+    paths[1].write_bytes(data)  # the same damage to the last slice only shortens the volume
+    paths[4].write_bytes(paths[4].read_bytes()[:-200])
     vol = load_study(tmp_path, workers=1)
     assert vol.n_slices == 4
     skipped = {Path(s["path"]).name: s["reason"] for s in vol.meta.skipped}
-    assert "truncated" in skipped[paths[1].name]
+    assert "truncated" in skipped[paths[4].name]
     assert "not a DICOM" in skipped["junk.dcm"]
     assert any("truncated" in w for w in vol.meta.warnings)
 

@@ -13,7 +13,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from covidct.errors import NotChestCTError
+from covidct.errors import InputError, NotChestCTError
 from covidct.io import CTVolume, check_chest_ct, load_study, open_study, require_chest_ct
 from covidct.io.formats import read_volume_image
 
@@ -131,13 +131,20 @@ def test_truncated_compressed_file_is_skipped(more_ct: Path, tmp_path: Path) -> 
     for f in files:
         shutil.copy(f, tmp_path / f.name)
     victim = tmp_path / files[5].name
-    victim.write_bytes(victim.read_bytes()[:-3000])  # cut inside the JPEG 2000 fragments
+    data = victim.read_bytes()
+    victim.write_bytes(data[:-3000])  # cut inside the JPEG 2000 fragments
+    # issue 12: the hole it leaves inside the series is refused, naming the file (was: kept with a warning)
+    with pytest.raises(InputError, match=rf"{files[5].name} was left out \(truncated file.*would have a gap"):
+        load_study(tmp_path, workers=1)
+    victim.write_bytes(data)
+    vol0 = load_study(tmp_path, workers=1)  # the same cut in the last (most inferior) slice: kept, reported
+    last = Path(vol0.slices[-1].source)
+    last.write_bytes(last.read_bytes()[:-3000])
     vol = load_study(tmp_path, workers=1)
     assert vol.n_slices == 19
-    assert [s["reason"] for s in vol.meta.skipped if s["path"].endswith(files[5].name)] == [
+    assert [s["reason"] for s in vol.meta.skipped if s["path"].endswith(last.name)] == [
         "truncated file (pixel data shorter than declared)"
     ]
-    assert any("uneven slice gaps" in w for w in vol.meta.warnings)  # the hole it leaves is reported too
 
 
 def test_nifti_example_superior_first(more_ct: Path) -> None:

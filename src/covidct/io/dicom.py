@@ -9,6 +9,7 @@ superior. Headers are read with ``stop_before_pixels``; pixels are decoded only 
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import struct
@@ -565,6 +566,7 @@ def _sort_series(
     if len(kept) < len(refs):
         warnings.append(f"{len(refs) - len(kept)} slice(s) with a duplicated position left out")
     dz = _z_spacing(kept, first, warnings)
+    _refuse_gaps(kept, dz, skipped)
     ps = first.pixel_spacing
     if ps is None:
         warnings.append("no PixelSpacing; 1 mm assumed")
@@ -604,6 +606,37 @@ def _z_spacing(refs: list[SliceRef], first: _Header, warnings: list[str]) -> flo
             " slices may be missing"
         )
     return med
+
+
+#: A step between neighbouring slices longer than this many times the series' spacing is a missing slice.
+GAP_FACTOR = 1.5
+
+
+def _refuse_gaps(refs: list[SliceRef], dz: float, skipped: list[dict[str, str]]) -> None:
+    """Refuse a series with a slice missing inside it (a file absent, truncated or unreadable): stacking the
+    rest would shift every slice past the hole, as for a slice that fails to decode (see ``Study.read``).
+
+    A slice missing at either end only shortens the volume and is not refused.
+    """
+    if len(refs) < 3 or dz <= 0:
+        return
+    for a, b in itertools.pairwise(refs):
+        step = a.position_mm - b.position_mm
+        if step <= GAP_FACTOR * dz:
+            continue
+        damaged = [s for s in skipped if s["reason"].startswith(("truncated", "unreadable", "not a usable"))]
+        cause = (
+            f"; {damaged[0]['path']} was left out ({damaged[0]['reason']})"
+            if damaged
+            else " (a file is missing from the folder)"
+        )
+        n_missing = max(1, round(step / dz) - 1)
+        raise InputError(
+            f"about {n_missing} slice(s) missing inside the series between {a.source} ({a.position_mm:+.2f} mm) and "
+            f"{b.source} ({b.position_mm:+.2f} mm), a {step:.2f} mm step where the spacing is {dz:.2f} mm"
+            f"{cause}; the volume would have a gap. Replace the missing or damaged file with an intact copy, "
+            "or export the series again"
+        )
 
 
 def to_hu(
