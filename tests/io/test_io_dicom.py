@@ -150,8 +150,9 @@ def test_chooses_largest_axial_ct_series_and_reports_skipped(tmp_path: Path, wri
 
 
 def test_equal_series_tie_is_reported(tmp_path: Path, write_series, dw) -> None:
-    write_series(tmp_path / "soft", dw.phantom(4), series_number=5)
-    write_series(tmp_path / "lung", dw.phantom(4) + 7, series_number=3)
+    study = generate_uid()  # two series of one study (of different studies they are refused: issue 12)
+    write_series(tmp_path / "soft", dw.phantom(4), series_number=5, study_uid=study)
+    write_series(tmp_path / "lung", dw.phantom(4) + 7, series_number=3, study_uid=study)
     vol = load_study(tmp_path, workers=1)
     np.testing.assert_array_equal(vol.hu, dw.phantom(4) + 7)  # series 3 wins the tie, deterministically
     assert any("2 axial CT series have 4 slices" in w for w in vol.meta.warnings)

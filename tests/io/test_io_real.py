@@ -87,7 +87,14 @@ def test_sbu_axial_slices_no_value_below_air(more_ct: Path) -> None:
 
 
 def test_sbu_axial_chosen_over_reformats(more_ct: Path) -> None:
-    vol = load_study(more_ct / "covid19-ny-sbu" / "A002304", min_slices=1)
+    folder = more_ct / "covid19-ny-sbu" / "A002304"
+    # the folder holds two studies (two dates) of the patient: one must be picked (issue 12, item 7)
+    with pytest.raises(InputError, match=r"2 different studies.*--series"):
+        load_study(folder, min_slices=1)
+    uid = str(
+        pydicom.dcmread(sorted((folder / "axial").iterdir())[-1], stop_before_pixels=True).SeriesInstanceUID
+    )
+    vol = load_study(folder, min_slices=1, series=uid)
     assert "/axial/" in vol.slices[0].source
     reasons = {
         s["path"].split("/")[-2] + "/" + s["path"].split("/")[-1]: s["reason"] for s in vol.meta.skipped

@@ -42,6 +42,14 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=["png", "nifti"], default="png", help="png (default) or nifti")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--series",
+        metavar="NUMBER_OR_UID",
+        default=None,
+        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
+        "default: the axial CT series with the most slices, refused when the series are of different "
+        "patients or studies)",
+    )
     p.set_defaults(func=run)
 
 
@@ -91,7 +99,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from exc
     out = Path(args.output)
     check_output_folder(out, what="-o")  # before reading the study
-    volume = load_study(args.input, workers=args.workers, progress=show_progress(args.no_progress))
+    volume = load_study(
+        args.input, workers=args.workers, progress=show_progress(args.no_progress), series=args.series
+    )
     if not volume.slices:
         raise ConfigError(f"{args.input}: the volume carries no slice list")
     if args.format == "nifti":

@@ -57,6 +57,14 @@ def register(sub: Any) -> None:
     p.add_argument("--save-mask", action="store_true", help="also write the lung mask as NIfTI")
     p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--series",
+        metavar="NUMBER_OR_UID",
+        default=None,
+        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
+        "default: the axial CT series with the most slices, refused when the series are of different "
+        "patients or studies)",
+    )
     p.set_defaults(func=run)
 
 
@@ -109,11 +117,12 @@ def run(args: argparse.Namespace) -> int:
     )
     used_stems: set[str] = set()
     # several studies: the next one is read while the current one is computed
-    outcomes = (
-        diagnoser.diagnose_many(args.inputs)
-        if len(args.inputs) > 1
-        else iter([_one(diagnoser, args.inputs[0], progress)])
-    )
+    if args.series is not None:  # read here with the series asked for, one study after the other
+        outcomes: Any = (_one(diagnoser, source, progress, series=args.series) for source in args.inputs)
+    elif len(args.inputs) > 1:
+        outcomes = diagnoser.diagnose_many(args.inputs)
+    else:
+        outcomes = iter([_one(diagnoser, args.inputs[0], progress)])
     for source, result, error in outcomes:
         bar.update(1)
         if error is not None:
@@ -123,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"{source}: FAILED: {error}", file=sys.stderr)
             continue
         assert result is not None  # an outcome holds a result or an error
-        doc = result.to_json()
+        doc = study_document(result)
         d = result.decision
         tqdm.write(
             f"{source}: {d.diagnosis}  ({d.explain()})  [{result.timing_s.get('total', 0.0):.1f} s]",
@@ -146,12 +155,29 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _one(diagnoser: Any, source: str, progress: bool) -> Any:
-    """The one study of a single-input run as an Outcome (read with a decoding progress bar)."""
+def study_document(result: Any) -> dict[str, Any]:
+    """The per-study JSON: ``result.to_json()`` plus how the input was read (``series_choice``: the series
+    chosen and those left out, when the input held several; no identifiers)."""
+    doc: dict[str, Any] = result.to_json()
+    extra = getattr(getattr(result.volume, "meta", None), "extra", None) or {}
+    if extra.get("series_choice") is not None:
+        doc["series_choice"] = extra["series_choice"]
+    return doc
+
+
+def _one(diagnoser: Any, source: str, progress: bool, *, series: str | None = None) -> Any:
+    """One study as an Outcome (read with a decoding progress bar; with ``series``, that series is read)."""
     from covidct.diagnose import Outcome
 
     try:
-        return Outcome(source, diagnoser.diagnose(source, progress=progress), None)
+        if series is None:
+            return Outcome(source, diagnoser.diagnose(source, progress=progress), None)
+        from covidct.io import load_study
+
+        volume = load_study(source, workers=diagnoser.workers, progress=progress, series=series)
+        result = diagnoser.diagnose(volume)
+        result.input = str(source)
+        return Outcome(source, result, None)
     except CovidCTError as exc:
         return Outcome(source, None, exc)
 

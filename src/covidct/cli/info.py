@@ -22,6 +22,14 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show-phi", action="store_true", help="include patient name/ID and dates")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
+    p.add_argument(
+        "--series",
+        metavar="NUMBER_OR_UID",
+        default=None,
+        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
+        "default: the axial CT series with the most slices, refused when the series are of different "
+        "patients or studies)",
+    )
     p.set_defaults(func=run)
 
 
@@ -54,6 +62,8 @@ def describe(volume: CTVolume, *, source: str, show_phi: bool = False) -> dict[s
         "skipped": list(meta.skipped),
         "warnings": list(meta.warnings),
     }
+    if meta.extra.get("series_choice") is not None:
+        doc["series_choice"] = meta.extra["series_choice"]
     if show_phi:
         doc["phi"] = dict(meta.phi)
         doc["series_uid"] = meta.series_uid
@@ -64,7 +74,7 @@ def describe(volume: CTVolume, *, source: str, show_phi: bool = False) -> dict[s
 def run(args: argparse.Namespace) -> int:
     from covidct.io.loader import open_study
 
-    study = open_study(args.input, workers=args.workers, min_slices=1)
+    study = open_study(args.input, workers=args.workers, min_slices=1, series=args.series)
     try:
         volume = study.read()
     finally:

@@ -35,6 +35,14 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print voxel counts and volumes as one JSON object")
     p.add_argument("--preview", metavar="PNG", default=None, help="write a mosaic of slices with the mask")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
+    p.add_argument(
+        "--series",
+        metavar="NUMBER_OR_UID",
+        default=None,
+        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
+        "default: the axial CT series with the most slices, refused when the series are of different "
+        "patients or studies)",
+    )
     p.set_defaults(func=run)
 
 
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
         check_writable(str(preview), what="preview")
 
     segmenter = get_segmenter(args.method, model_dir=args.model, device=args.device)
-    volume = load_study(args.input, workers=args.workers)
+    volume = load_study(args.input, workers=args.workers, series=args.series)
     try:
         mask = np.asarray(segmenter.apply(volume), dtype=np.uint8)
     except NotChestCTError as exc:

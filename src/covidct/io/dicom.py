@@ -416,11 +416,14 @@ def discover(
     display: Any = None,
     header_reader: Any = None,
     ignored: list[str] | None = None,
+    series: str | None = None,
 ) -> Series:
     """Read the headers of ``files``, choose the axial CT series with the most slices and sort it.
 
     ``display`` maps a real path to the name shown to the user (for extracted archives); ``ignored`` are
-    files left out by name (reported in ``skipped``).
+    files left out by name (reported in ``skipped``). ``series`` (a SeriesInstanceUID or a SeriesNumber)
+    picks the series instead. Several axial CT series of different patients or studies are refused unless
+    ``series`` picks one. The choice (chosen and left-out series, no identifiers) is ``meta["series_choice"]``.
     """
     name = display or (lambda p: p)
     if not files and ignored:
@@ -456,6 +459,8 @@ def discover(
     groups: dict[tuple[Any, ...], list[_Header]] = {}
     for h in headers:
         groups.setdefault(_group_key(h), []).append(h)
+    if series is not None:
+        groups = _select_series(root, groups, series, skipped, name)
     primary: list[list[_Header]] = []
     fallback: list[tuple[list[_Header], str]] = []
     modalities: set[str] = set()
@@ -499,14 +504,104 @@ def discover(
             )
         reasons = sorted({s["reason"] for s in skipped})
         raise InputError(f"{root}: no axial CT series found (left out: {'; '.join(reasons)})")
+    others = [m for m in (primary or [m for m, _ in fallback]) if m is not chosen]
+    if others and series is None:
+        _refuse_mixed_patients(root, [chosen, *others])
     for other in primary:
         if other is not chosen:
             _skip_series(
                 other, f"another series ({n_of(other)} slices); the largest was chosen", skipped, name
             )
+    choice = {
+        "chosen": _series_summary(chosen),
+        "left_out": [_series_summary(m) for m in others],
+        "rule": f"series {series!r} as asked"
+        if series is not None
+        else "the axial CT series with most slices",
+    }
+    if others:
+        warnings.append(
+            f"{len(others) + 1} axial CT series; chose {_series_label(chosen)} ({choice['rule']}); left out "
+            + ", ".join(_series_label(m) for m in others)
+            + " (pick another with --series NUMBER)"
+        )
     for s in bad:
         warnings.append(f"skipped {s['path']}: {s['reason']}")
-    return _sort_series(chosen, skipped, warnings, name)
+    result = _sort_series(chosen, skipped, warnings, name)
+    result.meta["series_choice"] = choice
+    return result
+
+
+def _n_slices(members: list[_Header]) -> int:
+    return sum(m.n_frames for m in members)
+
+
+def _series_label(members: list[_Header]) -> str:
+    """``series 3 'CHEST 1.25mm' (148 slices)``: no identifiers."""
+    first = members[0]
+    number = f"series {first.series_number}" if first.series_number is not None else "a series without number"
+    desc = f" {first.series_description!r}" if first.series_description else ""
+    return f"{number}{desc} ({_n_slices(members)} slices)"
+
+
+def _series_summary(members: list[_Header]) -> dict[str, Any]:
+    first = members[0]
+    return {
+        "series_number": first.series_number,
+        "series_description": first.series_description,
+        "n_slices": _n_slices(members),
+    }
+
+
+def _refuse_mixed_patients(root: Path, candidates: list[list[_Header]]) -> None:
+    """Refuse candidate series that belong to different patients or studies (never names the patients)."""
+    patients = {m[0].phi.get("PatientID", "") for m in candidates} - {""}
+    studies = {m[0].study_uid for m in candidates} - {""}
+    if len(patients) <= 1 and len(studies) <= 1:
+        return
+    what = f"{len(patients)} different patients" if len(patients) > 1 else f"{len(studies)} different studies"
+    raise InputError(
+        f"{root}: the CT series here belong to {what}: "
+        + ", ".join(_series_label(m) for m in candidates)
+        + "; choosing one by size could mix up patients. Pick one with --series NUMBER (or its "
+        "SeriesInstanceUID, see covidct info --show-phi), or give each study its own folder"
+    )
+
+
+def _select_series(
+    root: Path,
+    groups: dict[tuple[Any, ...], list[_Header]],
+    wanted: str,
+    skipped: list[dict[str, str]],
+    name: Any,
+) -> dict[tuple[Any, ...], list[_Header]]:
+    """The groups of the series ``wanted`` (SeriesInstanceUID or SeriesNumber); the others are skipped."""
+    wanted = wanted.strip()
+
+    def matches(members: list[_Header]) -> bool:
+        first = members[0]
+        return first.series_uid == wanted or (
+            first.series_number is not None and str(first.series_number) == wanted
+        )
+
+    chosen = {k: m for k, m in groups.items() if matches(m)}
+    if not chosen:
+        available = ", ".join(sorted({_series_label(m) for m in groups.values()}))
+        raise InputError(f"{root}: no series {wanted!r} here (there are: {available}); check --series")
+    if len({m[0].series_uid for m in chosen.values()}) > 1:
+        try:
+            _refuse_mixed_patients(root, list(chosen.values()))
+        except InputError:
+            raise InputError(
+                f"{root}: series number {wanted} names series of different patients or studies here: "
+                + ", ".join(_series_label(m) for m in chosen.values())
+                + "; give its SeriesInstanceUID instead (see covidct info --show-phi)"
+            ) from None
+    for k, members in groups.items():
+        if k not in chosen:
+            own, _ = _skip_reason(members[0])  # a reformat or localizer says so, whatever was asked
+            _skip_series(members, own or f"not the series asked for (--series {wanted})", skipped, name)
+    return chosen
 
 
 def _skip_series(members: list[_Header], reason: str, skipped: list[dict[str, str]], name: Any) -> None:

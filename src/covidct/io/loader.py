@@ -81,6 +81,8 @@ class Study:
                 "slice_thickness_mm": series.meta.get("slice_thickness_mm"),
                 "n_files": len({r.path for r in series.slices}),
             }
+            if series.meta.get("series_choice") is not None:
+                extra["series_choice"] = series.meta["series_choice"]
             self.meta = StudyMeta(
                 modality=series.meta["modality"],
                 manufacturer=series.meta["manufacturer"],
@@ -267,6 +269,11 @@ def stop_pools() -> None:
                 proc.terminate()
         for proc in processes:
             proc.join(timeout=5)
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None and manager is not threading.current_thread():
+            # it notices the dead workers and closes its wake-up pipe; exiting before that races with
+            # concurrent.futures' exit hook writing to the pipe ("Exception ignored ... send_bytes")
+            manager.join(timeout=5)
 
 
 def _drop_pool(n_workers: int, pool: ProcessPoolExecutor) -> None:
@@ -410,11 +417,15 @@ def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) 
         bar.close()
 
 
-def open_study(path: str | Path, *, workers: int | None = None, min_slices: int = 2) -> Study:
+def open_study(
+    path: str | Path, *, workers: int | None = None, min_slices: int = 2, series: str | None = None
+) -> Study:
     """Open a study: read headers, choose and sort the series; decode nothing yet.
 
     ``workers``: decoding processes for :meth:`Study.read` (None = automatic, 1 = serial). ``min_slices``:
     fewer slices than this is an :class:`InputError` (a volume needs 2; pass 1 to read a lone slice).
+    ``series``: the SeriesInstanceUID or SeriesNumber to read when a DICOM input holds several series
+    (default: the axial CT series with the most slices; series of different patients or studies are refused).
     Raises :class:`InputError` with a message that names the input and the fix.
     """
     p = Path(path)
@@ -427,16 +438,16 @@ def open_study(path: str | Path, *, workers: int | None = None, min_slices: int 
             raise InputError(
                 f"{p}: the folder is empty (no files); give a folder of DICOM files of one CT study"
             )
-        series = dicom.discover(
-            p, files, ignored=ignored, header_reader=lambda fs: _read_headers(fs, workers)
+        chosen = dicom.discover(
+            p, files, ignored=ignored, header_reader=lambda fs: _read_headers(fs, workers), series=series
         )
-        study = Study(str(p), series=series, workers=workers)
+        study = Study(str(p), series=chosen, workers=workers)
     elif volume_format(p) is not None:
         study = _open_volume(p, volume_format(p) or "")
     elif zipfile.is_zipfile(p):
-        study = _open_zip(p, workers)
+        study = _open_zip(p, workers, series)
     else:
-        study = Study(str(p), series=dicom.discover(p, [str(p)]), workers=workers)
+        study = Study(str(p), series=dicom.discover(p, [str(p)], series=series), workers=workers)
     if study.n_slices < min_slices:
         what = "a single slice" if study.n_slices == 1 else f"{study.n_slices} slices"
         raise InputError(
@@ -458,7 +469,7 @@ def _open_volume(p: Path, fmt: str) -> Study:
     return Study(str(p), volume=CTVolume(hu, spacing, org, direction, slices, meta), input_format=fmt)
 
 
-def _open_zip(p: Path, workers: int | None) -> Study:
+def _open_zip(p: Path, workers: int | None, series: str | None = None) -> Study:
     tmp = tempfile.TemporaryDirectory(prefix="covidct-zip-")
     try:
         root = safe_extract_zip(p, tmp.name)
@@ -470,20 +481,30 @@ def _open_zip(p: Path, workers: int | None) -> Study:
         def display(real: str) -> str:
             return f"{p}!{Path(real).relative_to(root).as_posix()}"
 
-        series = dicom.discover(
-            p, files, display=display, ignored=ignored, header_reader=lambda fs: _read_headers(fs, workers)
+        chosen = dicom.discover(
+            p,
+            files,
+            display=display,
+            ignored=ignored,
+            header_reader=lambda fs: _read_headers(fs, workers),
+            series=series,
         )
     except BaseException:
         tmp.cleanup()
         raise
-    return Study(str(p), series=series, workers=workers, tmpdir=tmp, input_format="dicom-zip")
+    return Study(str(p), series=chosen, workers=workers, tmpdir=tmp, input_format="dicom-zip")
 
 
 def load_study(
-    path: str | Path, *, workers: int | None = None, progress: bool = False, min_slices: int = 2
+    path: str | Path,
+    *,
+    workers: int | None = None,
+    progress: bool = False,
+    min_slices: int = 2,
+    series: str | None = None,
 ) -> CTVolume:
     """Load a whole study as a :class:`CTVolume` (``open_study(path).read()``); see :func:`open_study`."""
-    study = open_study(path, workers=workers, min_slices=min_slices)
+    study = open_study(path, workers=workers, min_slices=min_slices, series=series)
     try:
         return study.read(progress=progress)
     finally:

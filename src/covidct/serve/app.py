@@ -351,6 +351,9 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         body = job.summary()
         if job.status == DONE and job.result is not None:
             body["result"] = job.result.to_json()
+            choice = getattr(job.result.volume.meta, "extra", {}).get("series_choice")
+            if choice is not None:  # which series of the upload was diagnosed, and which were left out
+                body["result"]["series_choice"] = choice
             body["display_names"] = dict(zip(CLASS_NAMES, DISPLAY_NAMES, strict=True))
             body["explanation"] = job.result.decision.explain()
         status = 200
