@@ -28,9 +28,9 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
+from starlette.datastructures import MutableHeaders, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Message
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from covidct import __version__
 from covidct._files import atomic_write_bytes
@@ -129,6 +129,70 @@ def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
     return saved
 
 
+#: Content-Security-Policy of the viewer and the API: only this origin's scripts, styles and connections;
+#: images from this origin or the viewer's blob: URLs; never framed.
+APP_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+#: The self-contained HTML report: inline styles and data: images, no scripts at all.
+REPORT_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
+)
+#: FastAPI's Swagger UI and ReDoc pages load their assets from the jsDelivr CDN (and start with an inline
+#: script); only these pages get that allowance.
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; font-src https://fonts.gstatic.com; "
+    "connect-src 'self'; worker-src blob:; base-uri 'none'; frame-ancestors 'none'"
+)
+_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
+
+
+def security_headers(path: str) -> dict[str, str]:
+    """The hardening headers of a response to ``path`` (lower-case names)."""
+    if path in _DOCS_PATHS:
+        csp = DOCS_CSP
+    elif path.startswith("/v1/") and path.endswith("/report.html"):
+        csp = REPORT_CSP
+    else:
+        csp = APP_CSP
+    headers = {
+        "x-content-type-options": "nosniff",
+        "x-frame-options": "DENY",
+        "referrer-policy": "no-referrer",
+        "content-security-policy": csp,
+        "cross-origin-opener-policy": "same-origin",
+    }
+    if path.startswith("/v1/"):  # results and images carry patient data: no copy in any cache
+        headers["cache-control"] = "no-store"
+    return headers
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :func:`security_headers` to every HTTP response (``Cache-Control`` replaced)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        extra = security_headers(str(scope.get("path", "")))
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in extra.items():
+                    if name == "cache-control" or name not in headers:
+                        headers[name] = value
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
 def _multipart_reason(detail: str) -> str:
     """The client-facing reason for a multipart body the parser refused (``detail``: its message)."""
     known = {
@@ -178,18 +242,22 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         description="Normal / CAP / COVID-19 diagnosis from chest CT. Research tool, not a medical device.",
         lifespan=lifespan,
     )
+    app.add_middleware(SecurityHeaders)
     app.state.store = store
     app.state.settings = settings
     app.state.diagnoser = diagnoser
 
-    def require_token(request: Request) -> None:
+    def token_ok(request: Request) -> bool:
+        """No token is set, or the request carries it."""
         if settings.token is None:
-            return
+            return True
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        ok = scheme.lower() == "bearer" and hmac.compare_digest(
+        return scheme.lower() == "bearer" and hmac.compare_digest(
             value.strip().encode("utf-8"), settings.token.strip().encode("utf-8")
         )
-        if not ok:
+
+    def require_token(request: Request) -> None:
+        if not token_ok(request):
             raise HTTPException(
                 401,
                 "missing or wrong bearer token: send the header 'Authorization: Bearer <token>'",
@@ -250,8 +318,11 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         return FileResponse(path, media_type=media_type, headers=headers)
 
     @app.get("/healthz", tags=["service"])
-    def healthz() -> dict[str, Any]:
-        """Liveness: the model identity and how many jobs are in each state."""
+    def healthz(request: Request) -> dict[str, Any]:
+        """Liveness. With the token (or when none is set) also the version, the model identity and how many
+        jobs are in each state; without it only ``{"status": "ok"}``."""
+        if not token_ok(request):
+            return {"status": "ok"}
         identity: Any = getattr(getattr(diagnoser, "pipeline", None), "identity", None)
         model = identity.to_json() if hasattr(identity, "to_json") else dict(identity or {})
         return {"status": "ok", "version": __version__, "model": model, "jobs": store.counts()}
