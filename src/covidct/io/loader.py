@@ -273,7 +273,7 @@ def stop_pools() -> None:
         if manager is not None and manager is not threading.current_thread():
             # it notices the dead workers and closes its wake-up pipe; exiting before that races with
             # concurrent.futures' exit hook writing to the pipe ("Exception ignored ... send_bytes")
-            manager.join(timeout=5)
+            manager.join(timeout=20)
 
 
 def _drop_pool(n_workers: int, pool: ProcessPoolExecutor) -> None:
