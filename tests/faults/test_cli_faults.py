@@ -8,9 +8,11 @@ worker.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -192,3 +194,92 @@ def test_ctrl_c_during_diagnose_is_one_line(
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1] == "covidct diagnose: interrupted"
     assert stopped_in < 10, f"stopping took {stopped_in:.1f} s"  # not after the rest was decoded serially
+
+
+def _descendants(pid: int) -> set[int]:
+    """Processes under ``pid`` (from /proc), at any depth."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {p for p, pp in parents.items() if pp in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+def test_sigterm_during_diagnose_leaves_nothing_behind(
+    tmp_path: Path, tiny_model_dir: Path, dicom_writer: SimpleNamespace, request: pytest.FixtureRequest
+) -> None:
+    """SIGTERM (to the command only, as a service manager sends it): one line, exit 143, no worker process
+    left running, the extracted zip and multiprocessing's temporary folders removed."""
+    import zipfile
+
+    series = _series(tmp_path / "study", dicom_writer, 80)
+    archive = tmp_path / "study.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for f in sorted(series.iterdir()):
+            zf.write(f, f.name)
+    site = tmp_path / "site"
+    site.mkdir()
+    temp = Path(tempfile.mkdtemp(prefix="cvf-", dir="/tmp"))  # short: forkserver's socket lives there
+    request.addfinalizer(lambda: shutil.rmtree(temp, ignore_errors=True))
+    (site / "sitecustomize.py").write_text(textwrap.dedent(SLOW))
+    marker = tmp_path / "marker"
+    env = dict(
+        os.environ,
+        PYTHONPATH=str(site),
+        COVIDCT_TEST_PHASE="idle",
+        COVIDCT_TEST_MARKER=str(marker),
+        TMPDIR=str(temp),
+    )
+    cmd = [sys.executable, "-m", "covidct", "diagnose", str(archive), "--model", str(tiny_model_dir)]
+    log = tmp_path / "stderr.txt"  # a file, not a pipe: orphaned workers would hold a pipe open
+    children: set[int] = set()
+    with open(log, "w") as stderr:
+        proc = subprocess.Popen(
+            [*cmd, "--workers", "2", "--no-progress"],
+            stderr=stderr,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 120
+        while not marker.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        assert marker.exists(), "never reached the idle phase"
+        assert list(temp.glob("covidct-zip-*")), "the zip was not extracted into TMPDIR"
+        children = _descendants(proc.pid)
+        assert len(children) >= 3, "no decoding workers were started"  # forkserver, 2 workers (+ tracker)
+        assert list(temp.glob("pymp-*"))
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        err = log.read_text()
+        assert proc.returncode == 143, err
+        assert "Traceback" not in err and err.strip().splitlines()[-1] == "covidct diagnose: terminated"
+        deadline = time.time() + 10
+        while [p for p in children if _alive(p)] and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in children if _alive(p)], "worker processes outlived the command"
+    finally:
+        for pid in [proc.pid, *children]:  # whatever this test started and is still there
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        proc.wait()
+    left = sorted(p.name for p in temp.iterdir() if p.name.startswith(("covidct-", "pymp-", "tmp")))
+    assert not left, f"left in the temp folder: {left}"

@@ -62,6 +62,10 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM: the run stops as for Ctrl-C (workers stopped, temporary files removed), exit 143."""
+
+
 def _stop_workers() -> None:
     """Terminate the decoding worker processes, if any were started (they ignore Ctrl-C themselves)."""
     loader = sys.modules.get("covidct.io.loader")
@@ -70,8 +74,8 @@ def _stop_workers() -> None:
 
 
 def _stop_workers_on_ctrl_c() -> Callable[[], object]:
-    """Make Ctrl-C stop the decoding workers before KeyboardInterrupt unwinds the command, so that nothing
-    waits for them (e.g. a study being read in a background thread); returns a function restoring the
+    """Make Ctrl-C (and SIGTERM) stop the decoding workers before the exception unwinds the command, so that
+    nothing waits for them (e.g. a study being read in a background thread); returns a function restoring the
     previous handler (a no-op outside the main thread, where handlers cannot be set)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
@@ -80,8 +84,18 @@ def _stop_workers_on_ctrl_c() -> Callable[[], object]:
         _stop_workers()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    return lambda: signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+    def on_sigterm(signum: int, frame: Any) -> None:
+        _stop_workers()
+        raise Terminated
+
+    handlers = {signal.SIGINT: on_sigint, signal.SIGTERM: on_sigterm}
+    previous = {sig: signal.signal(sig, handler) for sig, handler in handlers.items()}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -97,10 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CovidCTError as exc:
         print(f"covidct {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print(f"covidct {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): unwound, so temporary files are gone
+        terminated = isinstance(exc, Terminated)
+        print(f"covidct {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         _stop_workers()
-        return 130
+        return 143 if terminated else 130
     except OSError as exc:  # e.g. an output that could not be written after all (disk full, quota)
         if exc.errno not in _WRITE_ERRNOS:
             raise
