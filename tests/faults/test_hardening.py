@@ -109,3 +109,30 @@ def test_the_viewer_runs_under_its_csp(make_app: Callable[..., Any], tmp_path: P
             browser.close()
     assert violations == [], violations
     assert not [m for m in console if "Content Security Policy" in m], console
+
+
+def test_echoed_ids_are_capped_and_the_seg_link_warns(make_app: Callable[..., Any]) -> None:
+    with TestClient(make_app()) as client:
+        long_id = "<b>" + "x" * 5000
+        resp = client.get(f"/v1/studies/{long_id}")
+        assert resp.status_code == 404 and len(resp.text) < 300 and "x" * 41 not in resp.text
+        assert client.delete(f"/v1/studies/{long_id}").status_code == 404
+        viewer = client.get("/static/viewer.html").text
+        assert "DICOM SEG (carries the patient's identifiers)" in viewer
+
+
+def test_serve_cli_passes_the_zip_limits(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import uvicorn
+
+    import covidct.diagnose
+    from covidct.cli.main import main
+
+    seen: dict[str, Any] = {}
+    monkeypatch.setattr(covidct.diagnose, "Diagnoser", lambda *a, **k: object())
+    monkeypatch.setattr(covidct.diagnose, "resolve_model_dir", lambda model: tmp_path)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(settings=app.state.settings, **kw))
+    args = ["serve", "--max-zip-ratio", "20", "--max-zip-member-mb", "64", "--max-unzipped-mb", "512"]
+    assert main([*args, "--work-dir", str(tmp_path / "w")]) == 0
+    settings = seen["settings"]
+    assert (settings.max_zip_ratio, settings.max_zip_member_mb, settings.max_unzipped_mb) == (20, 64, 512)
+    assert seen["host"] == "127.0.0.1"

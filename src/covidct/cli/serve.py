@@ -42,6 +42,21 @@ def register(subparsers: Any) -> None:
         help="delete each study this long after it finished (60)",
     )
     p.add_argument("--work-dir", type=Path, help="where uploads live until deleted (default: system temp)")
+    p.add_argument(
+        "--max-unzipped-mb", type=float, default=4096.0, help="largest study a zip may expand to, MiB (4096)"
+    )
+    p.add_argument(
+        "--max-zip-member-mb",
+        type=float,
+        default=2048.0,
+        help="largest file in a zip or gzip upload, MiB (2048)",
+    )
+    p.add_argument(
+        "--max-zip-ratio",
+        type=float,
+        default=100.0,
+        help="refuse a zip or gzip upload (past 16 MiB) that expands more than this many times (100)",
+    )
     p.add_argument("--device", default="cpu", help="torch device for the models (cpu)")
     p.add_argument("--backend", default="auto", help="classifier inference backend (auto)")
     p.set_defaults(func=run)
@@ -83,6 +98,9 @@ def run(args: argparse.Namespace) -> int:
             max_pending=args.max_pending,
             retention_minutes=args.retention_minutes,
             work_dir=args.work_dir,
+            max_unzipped_mb=args.max_unzipped_mb,
+            max_zip_member_mb=args.max_zip_member_mb,
+            max_zip_ratio=args.max_zip_ratio,
         )
     except ValueError as exc:
         raise ConfigError(f"bad service setting: {exc}") from exc

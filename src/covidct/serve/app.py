@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -193,6 +194,18 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
+
+
+def _shown_id(job_id: str) -> str:
+    """A requested id as an error message may echo it: a well-formed id in full, anything else cut to 40
+    characters and quoted (never a client's megabyte of text, or markup, back in an answer or a log)."""
+    if _JOB_ID.fullmatch(job_id):
+        return job_id
+    cut = job_id[:40] + ("..." if len(job_id) > 40 else "")
+    return repr(cut)
+
+
 def _multipart_reason(detail: str) -> str:
     """The client-facing reason for a multipart body the parser refused (``detail``: its message)."""
     known = {
@@ -278,7 +291,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         job = store.get(job_id)
         if job is None:
             raise HTTPException(
-                404, f"no study {job_id!r} (unknown id, or deleted after the retention period)"
+                404, f"no study {_shown_id(job_id)} (unknown id, or deleted after the retention period)"
             )
         if job.status != DONE or job.result is None:
             raise HTTPException(
@@ -417,7 +430,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         job = store.get(job_id)
         if job is None:
             raise HTTPException(
-                404, f"no study {job_id!r} (unknown id, or deleted after the retention period)"
+                404, f"no study {_shown_id(job_id)} (unknown id, or deleted after the retention period)"
             )
         body = job.summary()
         if job.status == DONE and job.result is not None:
@@ -440,7 +453,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         outcome = store.cancel(job_id)
         if outcome is None:
             raise HTTPException(
-                404, f"no study {job_id!r} (unknown id, or deleted after the retention period)"
+                404, f"no study {_shown_id(job_id)} (unknown id, or deleted after the retention period)"
             )
         return JSONResponse(
             {"id": job_id, "status": outcome}, status_code=200 if outcome == "deleted" else 202
