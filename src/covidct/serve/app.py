@@ -6,11 +6,17 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <token>`` when a token
 - ``GET /v1/studies/{id}`` status; when done the ``StudyResult`` JSON under ``"result"``; a study the input
   made impossible answers 422 with the reason
 - ``GET /v1/studies/{id}/slices/{i}.png`` lung-window slice, ``.../mask/{i}.png`` and ``.../heatmap/{i}.png``
-  transparent overlays of the same size, ``.../report.html``, ``.../report.pdf``, ``.../seg.dcm``; ``DELETE /v1/studies/{id}``
-- ``GET /healthz``; the viewer at ``/``; OpenAPI docs at ``/docs``.
+  transparent overlays of the same size, ``.../report.html``, ``.../report.pdf``, ``.../seg.dcm``
+- ``DELETE /v1/studies/{id}``: a finished or queued study is deleted now (200); a running one is cancelled
+  (202 ``cancelling``: its outcome is dropped and its data deleted when the current stage returns)
+- ``GET /healthz`` (only ``{"status": "ok"}`` without the token, when one is set); the viewer at ``/``;
+  OpenAPI docs at ``/docs``.
 
-Upload size is limited (413), zips are extracted with traversal and bomb checks, jobs run in a bounded
-worker pool, and each study's data is deleted ``retention_minutes`` after it finished.
+Upload size is limited (413); a malformed multipart body is a 400 with the reason; zips and gzip uploads are
+refused before extraction by size, per-file size and compression ratio (bombs), and extracted with traversal
+checks. Jobs run in a bounded worker pool, and each study's data is deleted ``retention_minutes`` after it
+finished. Every response carries hardening headers (:func:`security_headers`: nosniff, no framing, a CSP;
+``Cache-Control: no-store`` on everything under ``/v1``).
 """
 
 from __future__ import annotations
