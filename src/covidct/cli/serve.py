@@ -41,7 +41,12 @@ def register(subparsers: Any) -> None:
         default=60.0,
         help="delete each study this long after it finished (60)",
     )
-    p.add_argument("--work-dir", type=Path, help="where uploads live until deleted (default: system temp)")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where uploads live until deleted; jobs there survive a restart of the service (default: a "
+        "fresh folder in the system temp, removed at shutdown)",
+    )
     p.add_argument(
         "--max-unzipped-mb", type=float, default=4096.0, help="largest study a zip may expand to, MiB (4096)"
     )
@@ -101,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
             max_unzipped_mb=args.max_unzipped_mb,
             max_zip_member_mb=args.max_zip_member_mb,
             max_zip_ratio=args.max_zip_ratio,
+            durable=args.work_dir is not None,
         )
     except ValueError as exc:
         raise ConfigError(f"bad service setting: {exc}") from exc

@@ -76,6 +76,9 @@ class ServeSettings:
     max_zip_member_mb: float = 2048.0
     #: ... nor, past 16 MiB, more than this many times its compressed size (DICOM deflates 2-10x).
     max_zip_ratio: float = 100.0
+    #: Keep jobs in ``work_dir/jobs`` across restarts (accepted uploads are on disk with their state before
+    #: 202; a restart resumes them); without it each start has a fresh folder, removed at shutdown.
+    durable: bool = False
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_unzipped_mb <= 0 or self.max_zip_member_mb <= 0:
@@ -86,6 +89,8 @@ class ServeSettings:
             raise ValueError("workers, max_pending and max_zip_files must be >= 1")
         if self.retention_minutes <= 0:
             raise ValueError(f"retention must be positive minutes, got {self.retention_minutes}")
+        if self.durable and self.work_dir is None:
+            raise ValueError("durable jobs need a work_dir (--work-dir) to find them again after a restart")
         if self.token is not None and len(self.token.strip()) < 8:
             raise ValueError("the bearer token must be at least 8 characters")
 
@@ -233,7 +238,11 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
     settings = settings or ServeSettings()
     if settings.work_dir is not None:
         Path(settings.work_dir).mkdir(parents=True, exist_ok=True)
-    work_dir = Path(tempfile.mkdtemp(prefix="covidct-serve-", dir=settings.work_dir))
+    if settings.durable:  # one stable folder: a restart finds the jobs again
+        work_dir = Path(settings.work_dir or ".") / "jobs"
+        work_dir.mkdir(mode=0o700, exist_ok=True)
+    else:
+        work_dir = Path(tempfile.mkdtemp(prefix="covidct-serve-", dir=settings.work_dir))
 
     def run(job: Job) -> StudyResult:
         if job.source is None:
@@ -248,12 +257,13 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         workers=settings.workers,
         max_pending=settings.max_pending,
         retention_s=settings.retention_minutes * 60.0,
+        durable=settings.durable,
     )
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        store.close(remove=True)
+        store.close(remove=not settings.durable)
 
     app = FastAPI(
         title="covidct",

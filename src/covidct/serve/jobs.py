@@ -9,6 +9,7 @@ logs upload names or contents, only job ids, sizes and outcomes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import re
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from covidct._files import atomic_write
+from covidct._files import atomic_write, atomic_write_text
 from covidct.errors import CovidCTError
 
 if TYPE_CHECKING:
@@ -34,6 +35,11 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+#: On disk only: the upload is still being received (a folder left in this state by a crash is swept).
+RECEIVING = "receiving"
+#: Each job's state in its folder (durable stores): what a restart reads back.
+STATE_FILE = "job.json"
+_JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 
 class QueueFull(Exception):
@@ -133,6 +139,7 @@ class JobStore:
         max_pending: int = 32,
         retention_s: float = 3600.0,
         sweep_interval_s: float | None = None,
+        durable: bool = False,
     ) -> None:
         if workers < 1 or max_pending < 1:
             raise ValueError(f"workers and max_pending must be >= 1, got {workers} and {max_pending}")
@@ -152,6 +159,9 @@ class JobStore:
             target=self._sweep_loop, args=(interval,), name="covidct-retention", daemon=True
         )
         self._sweeper.start()
+        self.durable = durable
+        if durable:
+            self._restore()
 
     # --- lifecycle ----------------------------------------------------------------------------------
     def create(self) -> Job:
@@ -164,6 +174,7 @@ class JobStore:
             folder.mkdir(mode=0o700)
             job = Job(id=job_id, dir=folder)
             self._jobs[job_id] = job
+        self._save_state(job, RECEIVING)
         return job
 
     def submit(self, job: Job) -> None:
@@ -172,6 +183,7 @@ class JobStore:
             if job.cancelled:
                 self._forget(job)
                 return
+            self._save_state(job)  # on disk as queued before the client hears 202
             job.future = self._pool.submit(self._execute, job)
 
     def public_message(self, job: Job, text: str) -> str:
@@ -189,12 +201,14 @@ class JobStore:
         )  # before the status: a client seeing it finds none
         with job.lock:
             job.status, job.error, job.user_error, job.finished = FAILED, message, user_error, time.time()
+        self._save_state(job)
 
     def _execute(self, job: Job) -> None:
         with job.lock:
             if job.cancelled:
                 return
             job.status, job.started = RUNNING, time.time()
+        self._save_state(job)
         try:
             result = self._run(job)
             if job.cancelled:
@@ -234,6 +248,8 @@ class JobStore:
             job.finished = time.time()
         if cancelled:
             self._forget(job)
+        else:
+            self._save_state(job)
 
     # --- queries ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -308,8 +324,83 @@ class JobStore:
                 log.exception("retention sweep failed")
 
     def close(self, *, remove: bool = True) -> None:
-        """Stop the sweeper and the pool (queued jobs are cancelled); delete all job data if ``remove``."""
+        """Stop the sweeper and the pool: the running jobs finish, queued ones are not started (a durable
+        store keeps them on disk for the next start); delete all job data if ``remove``."""
         self._stop.set()
+        queued = sum(1 for j in list(self._jobs.values()) if j.status == QUEUED)
         self._pool.shutdown(wait=True, cancel_futures=True)
+        if queued:
+            kept = "kept on disk for the next start" if self.durable and not remove else "dropped"
+            log.warning("shutdown: %d queued studies %s", queued, kept)
         if remove:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+        elif not any(self.work_dir.iterdir()):  # nothing to keep: leave no empty folder behind
+            self.work_dir.rmdir()
+
+    # --- durability ---------------------------------------------------------------------------------
+    def _save_state(self, job: Job, status: str | None = None) -> None:
+        """Write ``job``'s state to its folder (durable stores only); never the client's file name."""
+        if not self.durable:
+            return
+        doc = {
+            "id": job.id,
+            "status": status or job.status,
+            "created": job.created,
+            "started": job.started,
+            "finished": job.finished,
+            "kind": job.kind,
+            "upload_bytes": job.upload_bytes,
+            "source": job.source.relative_to(job.dir).as_posix() if job.source is not None else None,
+            "error": job.error,
+            "user_error": job.user_error,
+        }
+        try:
+            atomic_write_text(job.dir / STATE_FILE, json.dumps(doc))
+        except OSError as exc:  # a deleted or cancelled job's folder may be gone meanwhile
+            log.debug("job %s: state not saved (%s)", job.id, type(exc).__name__)
+
+    def _restore(self) -> None:
+        """Read back the jobs of a previous run: failed ones keep their answer; queued, running and done ones
+        are diagnosed again from their kept upload (so every id keeps its meaning); one whose upload is gone
+        fails with the reason; folders of uploads never completed (a crash mid-upload) are swept."""
+        resumed: list[Job] = []
+        failed = swept = 0
+        for folder in sorted(p for p in self.work_dir.iterdir() if p.is_dir()):
+            if not _JOB_ID.fullmatch(folder.name):
+                continue
+            try:
+                doc = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+                status = str(doc["status"])
+            except (OSError, ValueError, KeyError, TypeError):
+                status = RECEIVING  # no readable state: an upload that never completed
+            if status == RECEIVING:
+                shutil.rmtree(folder, ignore_errors=True)
+                swept += 1
+                continue
+            job = Job(id=folder.name, dir=folder, created=float(doc.get("created") or time.time()))
+            job.kind, job.upload_bytes = str(doc.get("kind") or ""), int(doc.get("upload_bytes") or 0)
+            source = folder / doc["source"] if doc.get("source") else None
+            if status == FAILED:
+                job.status, job.error = FAILED, doc.get("error")
+                job.user_error, job.finished = bool(doc.get("user_error")), doc.get("finished") or time.time()
+                failed += 1
+            elif source is not None and source.exists():
+                job.source = source
+                shutil.rmtree(folder / "cache", ignore_errors=True)  # images are made again from the new run
+                resumed.append(job)
+            else:
+                job.status, job.user_error, job.finished = FAILED, False, time.time()
+                job.error = "the service restarted and this study's upload was lost; upload it again"
+                self._save_state(job)
+                failed += 1
+            with self._lock:
+                self._jobs[job.id] = job
+        for job in resumed:
+            self.submit(job)
+        if resumed or failed or swept:
+            log.info(
+                "restart: %d studies resumed, %d failed studies kept, %d unfinished uploads swept",
+                len(resumed),
+                failed,
+                swept,
+            )
