@@ -86,3 +86,24 @@ def test_without_a_work_folder_jobs_are_not_durable() -> None:
 
     with pytest.raises(ValueError, match="work_dir"):
         ServeSettings(durable=True)
+
+
+def test_work_folders_of_killed_services_are_swept(make_app: Callable[..., Any], tmp_path: Path) -> None:
+    import os
+    import subprocess
+
+    work = tmp_path / "work"
+    work.mkdir()
+    gone = subprocess.Popen(["true"])  # a process id that no longer exists
+    gone.wait()
+    stale, alive, foreign = work / "covidct-serve-old1", work / "covidct-serve-live", work / "covidct-serve-x"
+    for folder in (stale, alive, foreign):
+        (folder / "job").mkdir(parents=True)
+    (stale / "owner.pid").write_text(str(gone.pid))
+    (alive / "owner.pid").write_text(str(os.getpid()))
+    with TestClient(make_app()) as client:
+        assert not stale.exists()  # its service was killed: swept at the next start
+        assert alive.exists() and foreign.exists()  # a running service's, and one without an owner
+        own = client.app.state.store.work_dir
+        assert (own / "owner.pid").read_text() == str(os.getpid())
+    assert not own.exists()

@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 import re
+import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -230,6 +232,35 @@ def _multipart_reason(detail: str) -> str:
     return f"malformed multipart upload: {reason}; send the study as multipart/form-data field 'file'"
 
 
+_WORK_PREFIX = "covidct-serve-"
+_OWNER_FILE = "owner.pid"
+
+
+def sweep_stale_work_dirs(parent: Path) -> int:
+    """Remove the work folders in ``parent`` of services that are gone (killed, so they could not clean up):
+    those whose owner process no longer exists. Returns how many were removed; never fails the start."""
+    removed = 0
+    try:
+        candidates = [p for p in parent.glob(_WORK_PREFIX + "*") if p.is_dir()]
+    except OSError:
+        return 0
+    for folder in candidates:
+        try:
+            pid = int((folder / _OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue  # not ours to judge (no owner recorded)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed += 1
+        except OSError:
+            continue  # alive, another user's
+    if removed:
+        log.info("removed %d work folder(s) left by services that were killed", removed)
+    return removed
+
+
 def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> FastAPI:
     """The service for a loaded ``diagnoser`` (anything with ``diagnose(path) -> StudyResult``).
 
@@ -242,7 +273,10 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         work_dir = Path(settings.work_dir or ".") / "jobs"
         work_dir.mkdir(mode=0o700, exist_ok=True)
     else:
-        work_dir = Path(tempfile.mkdtemp(prefix="covidct-serve-", dir=settings.work_dir))
+        parent = Path(settings.work_dir) if settings.work_dir is not None else Path(tempfile.gettempdir())
+        sweep_stale_work_dirs(parent)
+        work_dir = Path(tempfile.mkdtemp(prefix=_WORK_PREFIX, dir=parent))
+        (work_dir / _OWNER_FILE).write_text(str(os.getpid()))
 
     def run(job: Job) -> StudyResult:
         if job.source is None:
