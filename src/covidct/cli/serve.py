@@ -48,6 +48,12 @@ def register(subparsers: Any) -> None:
         "fresh folder in the system temp, removed at shutdown)",
     )
     p.add_argument(
+        "--max-kept-mb",
+        type=float,
+        default=10240.0,
+        help="disk kept for finished studies in all, MiB; past it the oldest are deleted early (10240)",
+    )
+    p.add_argument(
         "--max-unzipped-mb", type=float, default=4096.0, help="largest study a zip may expand to, MiB (4096)"
     )
     p.add_argument(
@@ -107,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
             max_zip_member_mb=args.max_zip_member_mb,
             max_zip_ratio=args.max_zip_ratio,
             durable=args.work_dir is not None,
+            max_kept_mb=args.max_kept_mb,
         )
     except ValueError as exc:
         raise ConfigError(f"bad service setting: {exc}") from exc

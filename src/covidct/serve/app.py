@@ -81,10 +81,14 @@ class ServeSettings:
     #: Keep jobs in ``work_dir/jobs`` across restarts (accepted uploads are on disk with their state before
     #: 202; a restart resumes them); without it each start has a fresh folder, removed at shutdown.
     durable: bool = False
+    #: Finished studies kept on disk in all (MiB): past it the oldest are deleted before their retention ends.
+    max_kept_mb: float = 10240.0
 
     def __post_init__(self) -> None:
         if self.max_upload_mb <= 0 or self.max_unzipped_mb <= 0 or self.max_zip_member_mb <= 0:
             raise ValueError("upload and unzipped size limits must be positive (MiB)")
+        if self.max_kept_mb <= 0:
+            raise ValueError(f"the storage limit must be positive MiB, got {self.max_kept_mb}")
         if self.max_zip_ratio <= 1:
             raise ValueError(f"the compression ratio limit must be above 1, got {self.max_zip_ratio}")
         if self.workers < 1 or self.max_pending < 1 or self.max_zip_files < 1:
@@ -292,6 +296,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         max_pending=settings.max_pending,
         retention_s=settings.retention_minutes * 60.0,
         durable=settings.durable,
+        max_kept_bytes=int(settings.max_kept_mb * (1 << 20)),
     )
 
     @asynccontextmanager

@@ -97,6 +97,18 @@ def persist_result(result: StudyResult, folder: Path) -> StudyResult:
     return dataclasses.replace(result, volume=volume, mask=mask)
 
 
+def _folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 when it is gone)."""
+    total = 0
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
 def _path_forms(path: Path) -> set[str]:
     """The spellings of ``path`` a message may contain: as given, absolute, and with links resolved."""
     forms = {str(path), os.path.abspath(path), os.path.realpath(path)}
@@ -140,6 +152,7 @@ class JobStore:
         retention_s: float = 3600.0,
         sweep_interval_s: float | None = None,
         durable: bool = False,
+        max_kept_bytes: int | None = None,
     ) -> None:
         if workers < 1 or max_pending < 1:
             raise ValueError(f"workers and max_pending must be >= 1, got {workers} and {max_pending}")
@@ -159,6 +172,7 @@ class JobStore:
             target=self._sweep_loop, args=(interval,), name="covidct-retention", daemon=True
         )
         self._sweeper.start()
+        self.max_kept_bytes = max_kept_bytes
         self.durable = durable
         if durable:
             self._restore()
@@ -250,6 +264,7 @@ class JobStore:
             self._forget(job)
         else:
             self._save_state(job)
+            self._enforce_quota()
 
     # --- queries ------------------------------------------------------------------------------------
     def get(self, job_id: str) -> Job | None:
@@ -303,6 +318,30 @@ class JobStore:
         with self._lock:
             self._jobs.pop(job.id, None)
         shutil.rmtree(job.dir, ignore_errors=True)
+
+    def _enforce_quota(self) -> None:
+        """Delete the oldest finished studies while their folders hold more than ``max_kept_bytes`` in all
+        (the most recent one is always kept, whatever its size)."""
+        if self.max_kept_bytes is None:
+            return
+        finished = sorted(
+            (j for j in list(self._jobs.values()) if j.status in (DONE, FAILED) and j.finished is not None),
+            key=lambda j: float(j.finished or 0.0),
+        )
+        sizes = {j.id: _folder_bytes(j.dir) for j in finished}
+        total, removed = sum(sizes.values()), 0
+        for job in finished[:-1]:
+            if total <= self.max_kept_bytes:
+                break
+            if self.delete(job.id):
+                total -= sizes[job.id]
+                removed += 1
+        if removed:
+            log.info(
+                "storage: deleted the %d oldest finished studies to stay under %.0f MiB",
+                removed,
+                self.max_kept_bytes / 2**20,
+            )
 
     def sweep(self, now: float | None = None) -> int:
         """Delete finished jobs older than the retention period; returns how many were deleted."""
