@@ -1,4 +1,10 @@
-"""``covidct`` entry point: parse, dispatch to a sub-command module, turn user errors into one line."""
+"""``covidct`` entry point: parse, dispatch to a sub-command module, turn user errors into one line.
+
+Exit codes, the same for every command: 0 done; 2 the input, the arguments or the model cannot be used (a
+:class:`covidct.errors.CovidCTError`, argparse's own errors too); 1 the run went wrong otherwise (some of
+several studies failed, an output could not be written after all); 130 Ctrl-C; 143 SIGTERM. Never a traceback
+for any of these.
+"""
 
 from __future__ import annotations
 
