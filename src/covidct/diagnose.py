@@ -92,23 +92,10 @@ def lung_volumes_ml(mask: np.ndarray, volume: CTVolume) -> dict[str, float]:
 
 
 def check_device(device: str) -> str:
-    """``device`` if torch can use it here (``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...), else ConfigError."""
-    import torch
+    """``device`` if torch can use it here, else ConfigError (see :func:`covidct._device.check_device`)."""
+    from covidct._device import check_device as check
 
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif dev.type != "cpu":
-        raise ConfigError(f"--device {device!r}: covidct runs on cpu or cuda only")
-    return device
+    return check(device)
 
 
 def shipped_model_dir() -> Path | None:

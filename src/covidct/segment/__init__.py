@@ -8,31 +8,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from covidct._device import check_device
 from covidct.errors import ConfigError
 from covidct.segment.base import Segmenter
 from covidct.segment.classical import ClassicalSegmenter
 
 #: Names accepted by :func:`get_segmenter`.
 METHODS: tuple[str, ...] = ("classical", "unet")
-
-
-def _check_device(device: str) -> None:
-    """Raise :class:`ConfigError` unless torch can run on ``device`` here (cpu, or cuda with CUDA present)."""
-    import torch
-
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        raise ConfigError(f"--device {device!r} is not a torch device: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
-            )
-    elif dev.type != "cpu":
-        raise ConfigError(f"--device {device!r}: the U-Net segmenter runs on cpu or cuda only")
 
 
 def get_segmenter(
@@ -49,7 +31,9 @@ def get_segmenter(
     if name == "unet":
         if model_dir is None:
             raise ConfigError("the unet segmenter needs a model folder: pass --model DIR (model_dir=...)")
-        _check_device(device)  # before loading: torch's own refusal is an AssertionError
+        check_device(
+            device, what="the U-Net segmenter"
+        )  # before loading: torch's own refusal is an AssertionError
         from covidct.segment.unet import UNetSegmenter
 
         segmenter: Segmenter = UNetSegmenter.from_bundle(model_dir, device=device)
