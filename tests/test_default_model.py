@@ -44,3 +44,16 @@ def test_synth_real_bad_background_is_one_line(tmp_path: Path, capsys: pytest.Ca
     assert code != 0
     assert len(err) == 1 and str(missing) in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_mask_mismatch_is_said() -> None:
+    from covidct.diagnose import mask_mismatch
+
+    card = {"segmenter": "classical", "training": {"masks_used": {"classical": 40, "gt": 2}}}
+    assert mask_mismatch(card) is None
+    card["training"]["masks_used"] = {"gt": 30}
+    msg = mask_mismatch(card)
+    assert msg is not None and "gt masks (30 studies)" in msg and "classical segmenter" in msg
+    assert mask_mismatch({"segmenter": "segmenter", "training": {"masks_used": {"gt": 30}}}) is None
+    assert mask_mismatch({"segmenter": "segmenter", "training": {"masks_used": {"classical": 9}}})
+    assert mask_mismatch({"segmenter": "classical"}) is None  # an old card without the record

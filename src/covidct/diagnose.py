@@ -112,6 +112,29 @@ def shipped_model_dir() -> Path | None:
     return here if (here / "model.json").is_file() else None
 
 
+#: Training mask sources that match a pipeline's segmenter: the classical segmenter's own masks, or the ground
+#: truth a U-Net segmenter was trained to reproduce.
+MATCHING_MASKS: dict[str, str] = {"classical": "classical", "unet": "gt"}
+
+
+def mask_mismatch(card: dict[str, Any]) -> str | None:
+    """A sentence when most of the classifier's training studies were masked otherwise than this pipeline
+    masks a study at diagnosis (its inputs then differ from what it learnt on), else ``None``."""
+    used = dict(dict(card.get("training", {})).get("masks_used") or {})
+    total = sum(int(v) for v in used.values())
+    if total == 0:
+        return None
+    segmenter = "classical" if card.get("segmenter", "classical") == "classical" else "unet"
+    want = MATCHING_MASKS[segmenter]
+    if int(used.get(want, 0)) * 2 >= total:
+        return None
+    return (
+        f"the classifier was trained on {', '.join(f'{k} masks ({v} studies)' for k, v in sorted(used.items()))} "
+        f"but this pipeline masks studies with the {segmenter} segmenter: its inputs at diagnosis differ from "
+        "training; retrain with --mask-source matching the segmenter"
+    )
+
+
 def resolve_model_dir(model: str | Path | None) -> Path:
     """``model`` as a path, or the shipped pipeline when ``None``; ConfigError naming the fix when neither."""
     if model is not None:
@@ -189,6 +212,9 @@ class Diagnoser:
         self.classify_all = classify_all
         self.workers = workers
         self.pipeline = load_pipeline(self.model_dir, device=device)
+        mismatch = mask_mismatch(self.pipeline.card)
+        if mismatch:
+            log.warning("%s: %s", self.model_dir, mismatch)
         rule = self.pipeline.rule
         self.head = rule["head"]
         self.tail = rule["tail"]
