@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from covidct._files import atomic_write_text
 from covidct.errors import ConfigError
 
@@ -117,6 +119,7 @@ def run_demo(
     out_dir: str | Path = "runs/demo",
     *,
     real: str | Path | None = None,
+    show_real: str | Path | None = "auto",
     settings: DemoSettings | None = None,
     device: str = "cpu",
     progress: bool = True,
@@ -125,7 +128,13 @@ def run_demo(
 
     ``out_dir`` gets ``data/train``, ``data/test`` (the synthetic cohorts), ``model/`` (the pipeline folder
     ``covidct diagnose --model`` takes), ``evaluation/`` (metrics.json, summary.md, confusion matrices, slice
-    strips) and, with ``real``, ``real/`` (one JSON and slice strip per real series).
+    strips) and ``real/`` (one JSON and slice strip per real series and model).
+
+    The demo ends on real CT: the labelled real series of ``show_real`` (``"auto"``: ``$COVIDCT_REAL_DATA``,
+    else ``../shared/data/covid-ct-md`` beside a source checkout, when present; ``None``: none) are diagnosed
+    with the model just trained and with the pretrained pipeline (``models/``), each with its slice AUC
+    (infected vs not, against the slice labels). ``real`` also adds those series to training (then they are
+    no longer unseen by the demo model, and the summary says so).
     """
     from covidct.data.synth import generate_cohort
     from covidct.diagnose import Diagnoser, check_device
@@ -225,9 +234,20 @@ def run_demo(
     timings["evaluate"] = time.perf_counter() - t
 
     real_answers: list[dict[str, Any]] = []
-    if real is not None:
-        t = _step(f"diagnosing the real series in {real}")
-        real_answers = _diagnose_real(diagnoser, Path(real), out / "real", read_cohort)
+    real_dir = _real_dir(show_real) if real is None else Path(real)
+    if real_dir is not None:
+        t = _step(f"diagnosing the real series in {real_dir}")
+        models = {"demo": diagnoser}
+        from covidct.diagnose import shipped_model_dir
+
+        shipped = shipped_model_dir()
+        if shipped is not None:
+            models["pretrained"] = Diagnoser(shipped, device=device, classify_all=True)
+        for label, dx in models.items():
+            for row in _diagnose_real(dx, real_dir, out / "real" / label, read_cohort):
+                row["model"] = label
+                row["seen_in_training"] = label == "pretrained" or real is not None
+                real_answers.append(row)
         timings["real"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t_all
 
@@ -269,8 +289,28 @@ def _training_outcome(model_dir: Path) -> dict[str, Any]:
     return out
 
 
+def _real_dir(show_real: str | Path | None) -> Path | None:
+    """The labelled real series to end the demo on (see :func:`run_demo`), or ``None``."""
+    import os
+
+    if show_real is None:
+        return None
+    if show_real != "auto":
+        path = Path(show_real)
+        if not path.is_dir():
+            raise ConfigError(f"{path}: not a folder; give the COVID-CT-MD root (the folder with Index.csv)")
+        return path
+    env = os.environ.get("COVIDCT_REAL_DATA")
+    if env:
+        return Path(env) if Path(env).is_dir() else None
+    here = Path(__file__).resolve().parents[3] / "shared" / "data" / "covid-ct-md"
+    return here if here.is_dir() else None
+
+
 def _diagnose_real(diagnoser: Any, root: Path, out: Path, read_cohort: Any) -> list[dict[str, Any]]:
+    from covidct.data.records import slice_classes
     from covidct.errors import CovidCTError
+    from covidct.evaluate.metrics import roc_auc
     from covidct.report.strip import slice_strip
 
     out.mkdir(parents=True, exist_ok=True)
@@ -284,11 +324,18 @@ def _diagnose_real(diagnoser: Any, root: Path, out: Path, read_cohort: Any) -> l
         doc = result.to_json()
         atomic_write_text(out / f"{rec.case}.json", json.dumps(doc, allow_nan=False))
         slice_strip(result, out / f"{rec.case}_strip.png")
+        probs = np.asarray(result.probabilities, dtype=np.float64)
+        truth = slice_classes(rec, probs.shape[0])
+        scored = ~np.isnan(probs[:, 0])
+        auc = float("nan")
+        if truth is not None and scored.any():
+            auc = roc_auc((truth != 0)[scored], 1.0 - probs[scored, 0])
         answers.append(
             {
                 "case": rec.case,
                 "truth": rec.diagnosis,
                 "diagnosis": result.diagnosis,
+                "slice_auc": None if np.isnan(auc) else round(auc, 3),
                 "explanation": result.decision.explain(),
                 "seconds": round(result.timing_s.get("total", 0.0), 1),
             }

@@ -43,6 +43,19 @@ def test_quick_demo_writes_model_evaluation_and_strips(tmp_path: Path) -> None:
     assert card["training"]["seed"] == 0 and card["training"]["split_seed"] == 0
     assert card["training"]["data_provenance"]["seed"] == 0
     assert demo["training"]["classifier"]["weights_sha256"] == card["weights"]["sha256"]
+    # it ends on real CT where the development series are beside the project: every series with each model
+    from covidct.demo import _real_dir
+    from covidct.diagnose import shipped_model_dir
+
+    if _real_dir("auto") is not None:
+        models = {"demo"} | ({"pretrained"} if shipped_model_dir() is not None else set())
+        assert {r["model"] for r in demo["real"]} == models
+        assert len(demo["real"]) == 3 * len(models)
+        for row in demo["real"]:
+            assert "error" not in row, row
+            assert row["seen_in_training"] == (row["model"] == "pretrained")
+            assert (row["slice_auc"] is None) == (row["truth"] == "normal")
+            assert (out / "real" / row["model"] / f"{row['case']}.json").is_file()
     # the model folder the demo wrote is the one `covidct diagnose --model` takes
     study = next(p for p in (out / "data" / "test").rglob("*") if p.is_dir() and any(p.glob("*.dcm")))
     assert (

@@ -17,6 +17,13 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--real", metavar="DIR", help="also train on and diagnose a real COVID-CT-MD-layout folder"
     )
+    p.add_argument(
+        "--show-real",
+        metavar="DIR",
+        default="auto",
+        help="real COVID-CT-MD-layout series to end on, diagnosed with the demo model and the pretrained "
+        "pipeline (default: ../shared/data/covid-ct-md or $COVIDCT_REAL_DATA when present; 'none': skip)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few-minute smoke run (numbers not meaningful)")
@@ -36,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     summary = run_demo(
         args.output,
         real=args.real,
+        show_real=None if args.show_real == "none" else args.show_real,
         settings=settings,
         device=args.device,
         progress=show_progress(args.no_progress),
@@ -46,7 +54,10 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"  model folder:   {summary['model_dir']}  (covidct diagnose INPUT --model {summary['model_dir']})"
     )
-    print(f"  test accuracy:  {acc['value']:.1%} ({acc['numerator']}/{acc['denominator']} patients)")
+    print(
+        f"  PHANTOM test accuracy: {acc['value']:.1%} ({acc['numerator']}/{acc['denominator']} synthetic "
+        "patients of another scanner profile; phantoms, not real CT)"
+    )
     print(f"  report:         {out}/evaluation/summary.md")
     print("  seeds:          " + ", ".join(f"{k} {v}" for k, v in summary["seeds"].items()))
     for what in ("segmenter", "classifier"):
@@ -56,11 +67,19 @@ def run(args: argparse.Namespace) -> int:
             f"kept epoch {t['kept_epoch']}, weights sha256 {str(t['weights_sha256'])[:12]}"
         )
     print(f"  model hash:     {summary['training']['pipeline_hash']}")
+    if summary["real"]:
+        print("  REAL CT (COVID-CT-MD development series; slice AUC = infected vs clean slices):")
     for row in summary["real"]:
+        who = f"{row.get('model', 'demo')} model" + (
+            " (seen in training)" if row.get("seen_in_training") else ""
+        )
         if "error" in row:
-            print(f"  real {row['case']}: FAILED: {row['error']}", file=sys.stderr)
+            print(f"  real {row['case']} [{who}]: FAILED: {row['error']}", file=sys.stderr)
             continue
         truth = DISPLAY_NAMES[class_index(row["truth"])]
         said = DISPLAY_NAMES[class_index(row["diagnosis"])]
-        print(f"  real {row['case']} (truth {truth}): {said}  - {row['explanation']}")
+        auc = "n/a (no infected slice)" if row.get("slice_auc") is None else f"{row['slice_auc']:.3f}"
+        print(
+            f"  real {row['case']} (truth {truth}) [{who}]: {said}, slice AUC {auc}  - {row['explanation']}"
+        )
     return 0
