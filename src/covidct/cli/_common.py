@@ -6,10 +6,18 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from covidct.errors import ConfigError
 
-__all__ = ["STUDY_SUFFIXES", "check_output_file", "check_output_folder", "show_progress", "study_stem"]
+__all__ = [
+    "STUDY_SUFFIXES",
+    "add_series_argument",
+    "check_output_file",
+    "check_output_folder",
+    "show_progress",
+    "study_stem",
+]
 
 #: Suffixes removed from an input's name to name its outputs (double suffixes first).
 STUDY_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
@@ -23,6 +31,18 @@ def study_stem(path: str | Path) -> str:
             name = name[: -len(suffix)]
             break
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
+
+
+def add_series_argument(p: Any) -> None:
+    """The ``--series`` option of every command that reads a study."""
+    p.add_argument(
+        "--series",
+        metavar="NUMBER_OR_UID",
+        default=None,
+        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
+        "default: the axial CT series with the most slices, refused when the series are of different "
+        "patients or studies)",
+    )
 
 
 def show_progress(no_progress: bool) -> bool:

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from covidct.cli._common import check_output_folder, show_progress, study_stem
+from covidct.cli._common import add_series_argument, check_output_folder, show_progress, study_stem
 from covidct.errors import ConfigError
 from covidct.registry import LUNG_WINDOW, Window
 
@@ -42,14 +42,7 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=["png", "nifti"], default="png", help="png (default) or nifti")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--series",
-        metavar="NUMBER_OR_UID",
-        default=None,
-        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
-        "default: the axial CT series with the most slices, refused when the series are of different "
-        "patients or studies)",
-    )
+    add_series_argument(p)
     p.set_defaults(func=run)
 
 

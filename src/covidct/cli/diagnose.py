@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from covidct.cli._common import check_output_folder, show_progress, study_stem
+from covidct.cli._common import add_series_argument, check_output_folder, show_progress, study_stem
 from covidct.errors import ConfigError, CovidCTError
 
 log = logging.getLogger(__name__)
@@ -57,14 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument("--save-mask", action="store_true", help="also write the lung mask as NIfTI")
     p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument(
-        "--series",
-        metavar="NUMBER_OR_UID",
-        default=None,
-        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
-        "default: the axial CT series with the most slices, refused when the series are of different "
-        "patients or studies)",
-    )
+    add_series_argument(p)
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,8 @@ import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from covidct.cli._common import add_series_argument
+
 if TYPE_CHECKING:  # numpy and the readers load only when the command runs (``covidct --help`` stays fast)
     from covidct.io.volume import CTVolume
 
@@ -22,14 +24,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--show-phi", action="store_true", help="include patient name/ID and dates")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
-    p.add_argument(
-        "--series",
-        metavar="NUMBER_OR_UID",
-        default=None,
-        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
-        "default: the axial CT series with the most slices, refused when the series are of different "
-        "patients or studies)",
-    )
+    add_series_argument(p)
     p.set_defaults(func=run)
 
 

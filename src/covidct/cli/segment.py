@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from covidct.cli._common import check_output_file
+from covidct.cli._common import add_series_argument, check_output_file
 from covidct.errors import ConfigError, NotChestCTError
 
 log = logging.getLogger(__name__)
@@ -35,14 +35,7 @@ def register(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print voxel counts and volumes as one JSON object")
     p.add_argument("--preview", metavar="PNG", default=None, help="write a mosaic of slices with the mask")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
-    p.add_argument(
-        "--series",
-        metavar="NUMBER_OR_UID",
-        default=None,
-        help="the series to read when a DICOM folder holds several (SeriesNumber or SeriesInstanceUID; "
-        "default: the axial CT series with the most slices, refused when the series are of different "
-        "patients or studies)",
-    )
+    add_series_argument(p)
     p.set_defaults(func=run)
 
 
