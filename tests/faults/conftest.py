@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
-from typing import Any
 
 import pytest
 
@@ -19,20 +17,21 @@ TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS / "report"))
 sys.path.insert(0, str(TESTS / "serve"))
 
-from fake_study import FakeDiagnoser  # noqa: E402
 
-from covidct.serve.app import ServeSettings, create_app  # noqa: E402
-
-
-def _io_helpers() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("covidct_tests_io_helpers", TESTS / "io" / "conftest.py")
+def _conftest(folder: str) -> ModuleType:
+    """Another test folder's conftest.py, loaded as a plain module (fixtures of sibling folders are not shared)."""
+    spec = importlib.util.spec_from_file_location(
+        f"covidct_tests_{folder}_helpers", TESTS / folder / "conftest.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-_IO = _io_helpers()
+_IO = _conftest("io")
+#: The service tests' app factory (a fresh app on a work folder in tmp_path), the same fixture here.
+make_app = _conftest("serve").make_app
 
 
 @pytest.fixture(autouse=True)
@@ -44,15 +43,6 @@ def _one_torch_thread(one_torch_thread: None) -> None:
 def dicom_writer() -> SimpleNamespace:
     """``phantom(n, rows, cols)`` and ``write_slice(path, hu, ...)`` of tests/io/conftest.py."""
     return SimpleNamespace(phantom=_IO.phantom, write_slice=_IO.write_slice)
-
-
-@pytest.fixture
-def make_app(tmp_path: Path) -> Callable[..., Any]:
-    def factory(*, diagnoser: Any = None, **settings: Any) -> Any:
-        settings.setdefault("work_dir", tmp_path / "work")
-        return create_app(diagnoser or FakeDiagnoser(seed=0), settings=ServeSettings(**settings))
-
-    return factory
 
 
 @pytest.fixture
