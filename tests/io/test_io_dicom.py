@@ -435,3 +435,33 @@ def test_script_without_main_guard_decodes_quietly(tmp_path: Path, write_series,
     assert f"SUM {int(hu.astype(np.int64).sum())}" in done.stdout
     assert "Traceback" not in done.stderr, done.stderr[-2000:]
     assert ("decoding serially" in done.stderr) is (not guarded)
+
+
+def test_stopped_pool_race_is_quiet_and_other_thread_errors_are_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CPython < 3.12 (gh-107219): stopping a busy pool can make its manager thread raise InvalidStateError;
+    after stop_pools that one error is dropped, any other thread error still reaches the previous hook."""
+    import threading
+    from concurrent.futures import InvalidStateError
+
+    from covidct.io import loader
+
+    seen: list[type[BaseException]] = []
+    monkeypatch.setattr(loader, "_STOPPED", threading.Event())
+    monkeypatch.setattr(loader, "_POOLS", {})
+    monkeypatch.setattr(loader, "_PREVIOUS_EXCEPTHOOK", threading.excepthook)  # restored after the test
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_type))
+
+    def raise_in_thread(exc: BaseException) -> None:
+        def target() -> None:
+            raise exc
+
+        t = threading.Thread(target=target)
+        t.start()
+        t.join()
+
+    raise_in_thread(InvalidStateError("CANCELLED"))  # before any stop: a real error, reported
+    assert seen == [InvalidStateError]
+    loader.stop_pools()
+    raise_in_thread(InvalidStateError("CANCELLED"))  # the known race after a stop: dropped
+    raise_in_thread(ValueError("boom"))  # anything else: still reported
+    assert seen == [InvalidStateError, ValueError]

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import zipfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import InvalidStateError, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
@@ -251,25 +251,46 @@ def _shared_pool(n_workers: int, ctx: Any) -> ProcessPoolExecutor:
         return pool
 
 
+def _quiet_stopped_pool_race(args: Any) -> None:
+    """``threading.excepthook`` that drops CPython's known race in a stopped pool, and passes on the rest.
+
+    Python before 3.12 (gh-107219) lets the executor's manager thread raise ``InvalidStateError`` when it
+    marks a future as failed that was cancelled a moment before, which is exactly what stopping a busy pool
+    does: the traceback would follow the one-line "interrupted" of the command line.
+    """
+    if _STOPPED.is_set() and args.exc_type is not None and issubclass(args.exc_type, InvalidStateError):
+        log.debug("ignored %s in %s after the pools were stopped", args.exc_type.__name__, args.thread)
+        return
+    _PREVIOUS_EXCEPTHOOK(args)
+
+
+_PREVIOUS_EXCEPTHOOK = threading.excepthook
+
+
 def stop_pools() -> None:
     """Stop every decoding pool now: queued work is cancelled and the worker processes are terminated.
 
     For an interrupted run (Ctrl-C): without it, exiting waits for the workers to finish their chunks, and a
     study being read in another thread is read to the end. No pool starts afterwards in this process.
     """
+    global _PREVIOUS_EXCEPTHOOK
     _STOPPED.set()
+    if threading.excepthook is not _quiet_stopped_pool_race:
+        _PREVIOUS_EXCEPTHOOK = threading.excepthook
+        threading.excepthook = _quiet_stopped_pool_race
     with _POOLS_LOCK:
         pools = list(_POOLS.values())
         _POOLS.clear()
     for pool in pools:
-        processes = list(getattr(pool, "_processes", {}).values())  # CPython's executor keeps them here
+        # CPython's executor keeps these here, and shutdown() forgets them: read them first
+        processes = list(getattr(pool, "_processes", {}).values())
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for proc in processes:
             if proc.is_alive():
                 proc.terminate()
         for proc in processes:
             proc.join(timeout=5)
-        manager = getattr(pool, "_executor_manager_thread", None)
         if manager is not None and manager is not threading.current_thread():
             # it notices the dead workers and closes its wake-up pipe; exiting before that races with
             # concurrent.futures' exit hook writing to the pipe ("Exception ignored ... send_bytes")
