@@ -40,6 +40,7 @@ from covidct.registry import (
     ABNORMAL_FRACTION_THRESHOLD,
     BUNDLE_FORMAT_VERSION,
     CLASS_NAMES,
+    LESION_LABEL_NAMES,
     LUNG_LABEL_NAMES,
     TRUNCATE_HEAD,
     TRUNCATE_TAIL,
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
 CARD_NAME: Final[str] = "model.json"
 WEIGHTS_NAME: Final[str] = "weights.safetensors"
 FORMAT: Final[str] = "covidct-model"
-COMPONENT_KINDS: Final[tuple[str, ...]] = ("classifier", "segmenter")
+COMPONENT_KINDS: Final[tuple[str, ...]] = ("classifier", "segmenter", "lesions")
 
 
 def default_rule() -> dict[str, float]:
@@ -231,13 +232,16 @@ def read_card(directory: str | Path, *, kind: str | None = None, verify: bool = 
             f"{path} has classes {classes}, this covidct uses {list(CLASS_NAMES)} (order matters): "
             "the model was trained for a different label set"
         )
-    if card.get("kind") == "segmenter":
+    expected_labels = {"segmenter": LUNG_LABEL_NAMES, "lesions": LESION_LABEL_NAMES}.get(
+        str(card.get("kind"))
+    )
+    if expected_labels is not None:
         try:
             labels = {int(k): v for k, v in dict(card.get("labels") or {}).items()}
         except (TypeError, ValueError) as exc:
             raise ModelError(f"{path}: labels must map label numbers to names ({exc})") from None
-        if labels != LUNG_LABEL_NAMES:
-            raise ModelError(f"{path} has lung labels {labels}, expected {LUNG_LABEL_NAMES}")
+        if labels != expected_labels:
+            raise ModelError(f"{path} has labels {labels}, expected {expected_labels}")
     if verify:
         stored = card.get("hash")
         if stored != card_hash(card):

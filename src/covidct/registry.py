@@ -107,3 +107,23 @@ SYNTH_SITES: Final[tuple[str, ...]] = (
 #: folder at the root of a source checkout (see :func:`covidct.diagnose.resolve_model_dir`).
 MODEL_ENV: Final[str] = "COVIDCT_MODEL"
 SHIPPED_MODEL_FOLDER: Final[str] = "models"
+
+
+# --- lesions ------------------------------------------------------------------------------------
+class LesionLabel(IntEnum):
+    """Values of a lesion mask (uint8): 0 background, 1 ground-glass opacity, 2 consolidation."""
+
+    BACKGROUND = 0
+    GROUND_GLASS = 1
+    CONSOLIDATION = 2
+
+
+LESION_LABEL_NAMES: Final[dict[int, str]] = {0: "background", 1: "ground_glass", 2: "consolidation"}
+#: Training target "lesion, type not given" (binary masks): only ground glass + consolidation is asked for.
+LESION_ANY: Final[int] = 3
+#: Lesion network input: a slice cropped to the lungs, in this window (lung, ground glass, consolidation and
+#: soft tissue all distinct), resized to LESION_IMAGE_SIZE.
+LESION_WINDOW: Final[Window] = Window(level=-500.0, width=1500.0)
+LESION_IMAGE_SIZE: Final[int] = 192
+#: Where a pipeline folder keeps its lesion model (``MODEL/lesions``).
+LESION_FOLDER: Final[str] = "lesions"

@@ -60,3 +60,34 @@ def random_pipeline(
         shutil.copytree(segmenter_dir, directory / segmenter, ignore=shutil.ignore_patterns("training"))
     write_pipeline(directory, segmenter=segmenter, classifier="classifier", name=directory.name)
     return directory
+
+
+def random_lesion_bundle(
+    directory: str | Path,
+    *,
+    features: tuple[int, ...] = (4, 8, 8, 16, 16, 4),
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a lesion bundle (``covidct train lesions``' format) with a random-weight U-Net, for tests."""
+    import torch
+
+    from covidct.bundle import save_component
+    from covidct.lesions.model import build_lesion_net
+    from covidct.registry import LESION_LABEL_NAMES, LESION_WINDOW
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    net = build_lesion_net(features=features)
+    card = {
+        "kind": "lesions",
+        "name": "random-lesion-unet (timing and tests only)",
+        "labels": {str(k): v for k, v in LESION_LABEL_NAMES.items()},
+        "architecture": {"name": "basic_unet", "features": list(features), "num_classes": 3},
+        "preprocessing": {
+            "window": {"level": LESION_WINDOW.level, "width": LESION_WINDOW.width},
+            "image_size": int(image_size),
+        },
+    }
+    save_component(directory, net.state_dict(), card)
+    return directory

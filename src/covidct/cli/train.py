@@ -1,4 +1,4 @@
-"""``covidct train segmenter|classifier --data ... -o MODEL_DIR``: train a network into a model bundle.
+"""``covidct train segmenter|classifier|lesions --data ... -o MODEL_DIR``: train a network into a bundle.
 
 Pipeline folders: with ``-o MODEL/classifier`` (or ``-o MODEL/segmenter``), or with ``--pipeline MODEL``
 (then ``-o`` defaults to ``MODEL/<what>``), the top-level ``MODEL/model.json`` that ``covidct diagnose
@@ -16,7 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from covidct.errors import ConfigError
-from covidct.registry import CLASSIFIER_ARCH, CLASSIFIER_IMAGE_SIZE, SEGMENTER_IMAGE_SIZE
+from covidct.registry import (
+    CLASSIFIER_ARCH,
+    CLASSIFIER_IMAGE_SIZE,
+    LESION_IMAGE_SIZE,
+    SEGMENTER_IMAGE_SIZE,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +105,7 @@ def _common(p: argparse.ArgumentParser, *, size: int, batch: int) -> None:
 def register(sub: Any) -> None:
     p = sub.add_parser(
         "train",
-        help="train the U-Net segmenter or the slice classifier into a model bundle",
+        help="train the lung segmenter, the slice classifier or the lesion segmenter into a model bundle",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -118,6 +123,22 @@ def register(sub: Any) -> None:
     cls.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), default=CLASSIFIER_ARCH)
     cls.add_argument("--no-balance", action="store_true", help="uniform instead of class-balanced sampling")
     cls.set_defaults(func=run)
+    les = what.add_parser(
+        "lesions",
+        help="lesion U-Net (background / ground glass / consolidation) from 2-D lesion folders",
+        description="--data: folders ROOT/Imgs/*.jpg|png + ROOT/GT/*.png with masks drawn by people (a fixed "
+        "fifth of each, by image name, validates); --pseudo: folders with model-made masks (trained on, "
+        "weighted by --pseudo-weight, never validated on). Masks: 0/1/2 = background/ground glass/"
+        "consolidation, else >= 128 = lesion of either type.",
+    )
+    _common(les, size=LESION_IMAGE_SIZE, batch=8)
+    les.add_argument(
+        "--pseudo", action="append", default=[], metavar="PATH", help="lesion folder with model-made masks"
+    )
+    les.add_argument(
+        "--pseudo-weight", type=float, default=0.5, help="loss weight of pseudo-labelled images (0.5)"
+    )
+    les.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -165,6 +186,12 @@ def run(args: argparse.Namespace) -> int:
         from covidct.train.classifier import train_classifier
 
         path = train_classifier(ClassifierConfig(**common, arch=args.arch, balanced=not args.no_balance))
+    elif args.what == "lesions":
+        from covidct.train.lesions import LesionConfig, train_lesions
+
+        path = train_lesions(
+            LesionConfig(**common, pseudo=[Path(p) for p in args.pseudo], pseudo_weight=args.pseudo_weight)
+        )
     else:
         from covidct.train.segmenter import train_segmenter
 

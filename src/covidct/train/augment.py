@@ -57,3 +57,18 @@ def augment_batch(
         lab = F.grid_sample(lf, grid, mode="nearest", padding_mode="zeros", align_corners=False)
         lab = lab[:, 0].round().to(labels.dtype)
     return out, lab
+
+
+def dihedral(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image (and its label map) turned by a random multiple of 90 degrees and mirrored or not: for
+    networks that must not depend on orientation (lesion texture; not the lungs' right/left labels)."""
+    k = torch.randint(0, 4, (x.shape[0],), generator=gen)
+    flip = torch.rand(x.shape[0], generator=gen) < 0.5
+    xs, ys = [], []
+    for i in range(x.shape[0]):
+        xi, yi = torch.rot90(x[i], int(k[i]), (-2, -1)), torch.rot90(y[i], int(k[i]), (-2, -1))
+        if bool(flip[i]):
+            xi, yi = torch.flip(xi, (-1,)), torch.flip(yi, (-1,))
+        xs.append(xi)
+        ys.append(yi)
+    return torch.stack(xs), torch.stack(ys)

@@ -58,6 +58,10 @@ class Task:
     evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # must give val_score (higher = better)
     sample_weights: np.ndarray | None = None
     labels_follow_geometry: bool = False
+    #: applied after the standard augmentation, e.g. quarter-turns for orientation-free lesion training
+    extra_augment: (
+        Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]] | None
+    ) = None
     #: False: no (usable) validation set; no early stopping, every epoch runs and the last one is kept
     validation: bool = True
 
@@ -307,6 +311,8 @@ def fit(
             if cfg.augment:
                 x, ya = augment_batch(x, gen, y if task.labels_follow_geometry else None)
                 y = ya if ya is not None else y
+                if task.extra_augment is not None:
+                    x, y = task.extra_augment(x, y, gen)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
