@@ -36,6 +36,8 @@ class StudyResult:
     (slices the classifier did not look at, e.g. truncated ones when only kept slices are classified,
     are NaN).
     ``mask`` is the uint8 lung mask shaped like ``volume.hu``.
+    ``lesions`` (uint8, 0 / 1 ground glass / 2 consolidation) and ``involvement`` (see
+    :func:`covidct.lesions.quantify.involvement`) are set when the diagnoser has a lesion model.
     """
 
     input: str
@@ -46,6 +48,8 @@ class StudyResult:
     timing_s: dict[str, float] = field(default_factory=dict)
     model: dict[str, Any] = field(default_factory=dict)
     software: dict[str, str] = field(default_factory=dict)
+    lesions: np.ndarray | None = None
+    involvement: dict[str, Any] | None = None
 
     @property
     def diagnosis(self) -> str:
@@ -59,7 +63,7 @@ class StudyResult:
         """The JSON document written per study (issue #5 schema)."""
         probs = [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in self.probabilities]
         trace = self.decision.to_json()
-        return {
+        doc: dict[str, Any] = {
             "input": self.input,
             "diagnosis": self.decision.diagnosis,
             "classes": list(CLASS_NAMES),
@@ -74,6 +78,9 @@ class StudyResult:
             "model": self.model,
             "software": self.software,
         }
+        if self.involvement is not None:
+            doc["involvement"] = self.involvement
+        return doc
 
 
 class Outcome(NamedTuple):
@@ -190,6 +197,7 @@ class Diagnoser:
         batch_size: int | None = None,
         classify_all: bool = False,
         workers: int | None = None,
+        lesion_model: str | Path | None = None,
     ) -> None:
         from covidct.bundle import load_pipeline, software_versions
         from covidct.classify.backends import BACKENDS, unavailable_reason
@@ -228,6 +236,19 @@ class Diagnoser:
             else None
         )
         self.backend = self._install_backend(backend)
+        self.lesion_segmenter = self._load_lesions(lesion_model)
+
+    def _load_lesions(self, lesion_model: str | Path | None) -> Any:
+        """The lesion segmenter: ``lesion_model`` (a bundle, ``"classical"``), else the pipeline's own
+        ``lesions/`` bundle when it has one, else none (no ``involvement`` in the results)."""
+        from covidct.registry import LESION_FOLDER
+
+        if lesion_model is None and not (self.model_dir / LESION_FOLDER / "model.json").is_file():
+            return None
+        from covidct.lesions.api import load_lesion_segmenter
+
+        chosen = lesion_model if lesion_model is not None else self.model_dir / LESION_FOLDER
+        return load_lesion_segmenter(chosen, device=self.device)
 
     def _install_backend(self, backend: str) -> str:
         """Swap the classifier's runner for the requested backend (or defer it until calibration exists)."""
@@ -382,6 +403,13 @@ class Diagnoser:
         t = time.perf_counter()
         decision = decide(probs, head=self.head, tail=self.tail, threshold=self.threshold)
         timing["decide"] = time.perf_counter() - t
+        lesions, involvement = None, None
+        if self.lesion_segmenter is not None:
+            from covidct.lesions.api import lesions_of_volume
+
+            t = time.perf_counter()
+            lesions, involvement = lesions_of_volume(self.lesion_segmenter, volume, mask)
+            timing["lesions"] = time.perf_counter() - t
         timing["total"] = t_load + time.perf_counter() - t_start
         model: dict[str, Any] = dict(self.pipeline.identity.to_json())
         model["backend"] = self.backend
@@ -394,4 +422,6 @@ class Diagnoser:
             timing_s=timing,
             model=model,
             software=self._software,
+            lesions=lesions,
+            involvement=involvement,
         )

@@ -54,7 +54,18 @@ def register(sub: Any) -> None:
         help="also write a report per study (self-contained HTML, or PDF); may be repeated",
     )
     p.add_argument("--dicom-seg", action="store_true", help="also write the lung mask as DICOM SEG")
-    p.add_argument("--save-mask", action="store_true", help="also write the lung mask as NIfTI")
+    p.add_argument(
+        "--save-mask", action="store_true", help="also write the lung mask (and lesion mask) as NIfTI"
+    )
+    p.add_argument(
+        "--lesions",
+        nargs="?",
+        const="shipped",
+        default=None,
+        metavar="MODEL",
+        help="also segment lesions and add 'involvement' to the JSON: the shipped lesion model, a lesion "
+        "bundle, or 'classical' (default: only when the pipeline folder has a lesions/ bundle)",
+    )
     p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_series_argument(p)
@@ -101,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         classify_all=args.classify_all,
         workers=args.workers,
+        lesion_model=_lesion_model(args.lesions),
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -148,6 +160,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lesion_model(choice: str | None) -> str | Path | None:
+    """``--lesions``' value as the Diagnoser's ``lesion_model`` (the shipped bundle's folder for a bare flag)."""
+    if choice != "shipped":
+        return choice
+    from covidct.lesions.api import resolve_lesion_dir
+
+    return resolve_lesion_dir(None)
+
+
 def study_document(result: Any) -> dict[str, Any]:
     """The per-study JSON: ``result.to_json()`` plus how the input was read (``series_choice``: the series
     chosen and those left out, when the input held several; no identifiers)."""
@@ -182,6 +203,8 @@ def _write_extras(result: Any, out_dir: Path, stem: str, args: argparse.Namespac
         slice_strip(result, out_dir / f"{stem}_strip.png")
     if args.save_mask:
         result.volume.save(out_dir / f"{stem}_lungmask.nii.gz", array=result.mask)
+        if result.lesions is not None:
+            result.volume.save(out_dir / f"{stem}_lesions.nii.gz", array=result.lesions)
     if "html" in args.report:
         from covidct.report.html import write_report
 

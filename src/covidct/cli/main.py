@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "info",
     "convert",
     "segment",
+    "lesions",
     "synth",
     "synth-real",
     "train",
