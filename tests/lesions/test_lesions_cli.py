@@ -169,3 +169,19 @@ def test_train_lesions_writes_a_bundle_that_loads(lesion_folder: Path, tmp_path:
     assert "val_dice" in card["validation"]
     seg = LesionSegmenter.from_bundle(out)
     assert seg.image_size == 32
+
+
+def test_html_report_shows_zone_table_and_worst_slice(
+    tiny_model_dir: Path, chest: Chest, tmp_path: Path
+) -> None:
+    from covidct.diagnose import Diagnoser
+    from covidct.report.html import render_report
+
+    plain = Diagnoser(tiny_model_dir, backend="torch").diagnose(chest.volume)
+    assert "Lung involvement" not in render_report(plain)
+    result = Diagnoser(tiny_model_dir, backend="torch", lesion_model="classical").diagnose(chest.volume)
+    page = render_report(result)
+    assert "<table id='involvement'>" in page and "id='worst-slice'" in page
+    assert f"{result.involvement['total']['score']} / 30" in page  # type: ignore[index]
+    worst = result.involvement["worst_slice"]["index"]  # type: ignore[index]
+    assert f"slice {worst} (most involved" in page

@@ -104,3 +104,19 @@ def test_non_image_and_wrong_mask_size_name_the_file(tmp_path: Path) -> None:
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(root2 / "GT" / "0.png")
     with pytest.raises(InputError, match=r"0\.png: mask size \(10, 10\) differs"):
         read_lesion_folder(root2, image_size=32)
+
+
+def test_labelled_images_get_their_share_of_draws() -> None:
+    from covidct.data.records import StudyRecord
+    from covidct.train.data import CachedStudy
+    from covidct.train.lesions import sample_weights
+
+    def study(n: int, pseudo: bool) -> CachedStudy:
+        y = np.zeros((n, 4, 4), np.uint8) + (PSEUDO_OFFSET if pseudo else 0)
+        rec = StudyRecord(case="x", path=Path("x"), diagnosis="covid19")
+        return CachedStudy(rec, np.zeros((n, 4, 4), np.float16), y, np.arange(n))
+
+    w = sample_weights([study(2, False), study(18, True)], 0.5)
+    assert w is not None and w.shape == (20,)
+    assert w[:2].sum() == pytest.approx(0.5) and w[2:].sum() == pytest.approx(0.5)
+    assert sample_weights([study(3, False)], 0.5) is None

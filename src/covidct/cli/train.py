@@ -138,6 +138,12 @@ def register(sub: Any) -> None:
     les.add_argument(
         "--pseudo-weight", type=float, default=0.5, help="loss weight of pseudo-labelled images (0.5)"
     )
+    les.add_argument(
+        "--labelled-share",
+        type=float,
+        default=0.5,
+        help="share of the draws given to the people-labelled (--data) images when --pseudo is given (0.5)",
+    )
     les.set_defaults(func=run)
 
 
@@ -190,7 +196,12 @@ def run(args: argparse.Namespace) -> int:
         from covidct.train.lesions import LesionConfig, train_lesions
 
         path = train_lesions(
-            LesionConfig(**common, pseudo=[Path(p) for p in args.pseudo], pseudo_weight=args.pseudo_weight)
+            LesionConfig(
+                **common,
+                pseudo=[Path(p) for p in args.pseudo],
+                pseudo_weight=args.pseudo_weight,
+                labelled_share=args.labelled_share,
+            )
         )
     else:
         from covidct.train.segmenter import train_segmenter

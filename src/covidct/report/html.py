@@ -2,7 +2,8 @@
 
 Contents: the diagnosis and per-class mean slice probabilities, the rule trace in words, the slice strip
 (``covidct.report.strip``), a mosaic of the slices that drove the
-decision with Grad-CAM heat maps (when a model is given), lung volumes, the model identity and software
+decision with Grad-CAM heat maps (when a model is given), the lung involvement (zone table and the most
+involved slice, when the result has lesions: ``covidct.report.involvement``), lung volumes, the model identity and software
 versions, and the statement that this is a research tool, not a medical device. Patient name, ID and the
 input path appear only with ``show_phi=True``.
 """
@@ -29,6 +30,7 @@ from covidct.report.images import (
     png_bytes,
     slice_grey,
 )
+from covidct.report.involvement import involvement_section
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
@@ -200,6 +202,8 @@ def render_report(
         parts.append(f"<figure><img alt='{html.escape(caption)}' src='{uri}'>")
         parts.append(f"<figcaption>{html.escape(caption)}</figcaption></figure>")
     parts.append("</div>")
+
+    parts.extend(involvement_section(result))
 
     parts.append("<h2>Lungs and study</h2>")
     study_rows = study_facts(result, show_phi=show_phi)

@@ -3,7 +3,9 @@
 Data: lesion folders (``ROOT/Imgs`` + ``ROOT/GT``, see :mod:`covidct.lesions.folders`). ``data`` folders hold
 masks drawn by people: a fixed fifth of their images (by a hash of the name) is the validation set, the rest
 is trained on. ``pseudo`` folders hold model-made masks (COVID-SemiSeg's ``pseudo-label``): every image is
-trained on with the loss weighted by ``pseudo_weight``, none is ever used to validate or to report.
+trained on with the loss weighted by ``pseudo_weight``, none is ever used to validate or to report. The few
+people-labelled images are drawn ``labelled_share`` of the time (half by default), the many pseudo-labelled
+ones the rest.
 
 Loss: cross-entropy over background / ground glass / consolidation, where a pixel of a mask that does not
 give the lesion type ("lesion, type not given") counts as right when ground glass *or* consolidation is
@@ -52,6 +54,7 @@ class LesionConfig(TrainConfig):
     pseudo: list[Path] = field(default_factory=list)
     pseudo_weight: float = 0.5
     dice_weight: float = 1.0
+    labelled_share: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -60,6 +63,8 @@ class LesionConfig(TrainConfig):
             raise ConfigError(f"the U-Net needs an image size divisible by 16, got {self.image_size}")
         if not 0 <= self.pseudo_weight <= 1:
             raise ConfigError(f"--pseudo-weight must lie in [0, 1], got {self.pseudo_weight}")
+        if not 0 < self.labelled_share <= 1:
+            raise ConfigError(f"--labelled-share must lie in (0, 1], got {self.labelled_share}")
 
 
 def partial_label_loss(
@@ -84,6 +89,16 @@ def partial_label_loss(
     inter = (p_inf * truth * weight).sum()
     dice = 1 - (2 * inter + 1) / ((p_inf * weight).sum() + (truth * weight).sum() + 1)
     return ce + dice_weight * dice
+
+
+def sample_weights(studies: list[CachedStudy], labelled_share: float) -> np.ndarray | None:
+    """Per-image sampling weights giving people-labelled images ``labelled_share`` of the draws (they are few
+    beside the pseudo-labelled ones); ``None`` (uniform) when only one kind is there."""
+    pseudo = np.concatenate([np.full(s.x.shape[0], bool(s.y.max() >= PSEUDO_OFFSET)) for s in studies])
+    n_p, n_h = int(pseudo.sum()), int((~pseudo).sum())
+    if n_p == 0 or n_h == 0:
+        return None
+    return np.where(pseudo, (1 - labelled_share) / n_p, labelled_share / n_h)
 
 
 def lesion_studies(cfg: LesionConfig) -> tuple[dict[str, list[CachedStudy]], dict[str, Any]]:
@@ -169,6 +184,7 @@ def train_lesions(config: LesionConfig) -> Path:
         task = Task(
             model=model,
             train_set=SliceDataset(studies["train"]),
+            sample_weights=sample_weights(studies["train"], cfg.labelled_share),
             loss_fn=loss_fn,
             evaluate=evaluate,
             labels_follow_geometry=True,
@@ -218,6 +234,7 @@ def lesion_card(
             **summary,
             "loss": "partial-label cross-entropy + soft Dice of the infection",
             "pseudo_weight": cfg.pseudo_weight,
+            "labelled_share": cfg.labelled_share,
             "seed": cfg.seed,
             "epochs_max": cfg.epochs,
             "epochs_run": len(history),
