@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test lint typecheck check clean browser
+.PHONY: install demo test lint typecheck check clean browser lesion-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,16 @@ test: $(STAMP) browser
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+# retrain, measure and ship the lesion model (models/lesions): about an hour on a 2-core CPU
+DATA ?= ../shared/data
+LESION_RUN ?= runs/lesions
+lesion-model: $(STAMP)
+	$(BIN)/covidct train lesions --data $(DATA)/covid-semiseg/train/multiclass \
+	  --pseudo $(DATA)/covid-semiseg/train/pseudo-label -o $(LESION_RUN) \
+	  --epochs 24 --steps-per-epoch 80 --patience 6 --seed 0 --no-progress
+	$(BIN)/python benchmarks/bench_lesions.py --model $(LESION_RUN) --out benchmarks/results/lesions.json
+	$(BIN)/python scripts/ship_lesion_model.py $(LESION_RUN) models/lesions --measured benchmarks/results/lesions.json
 
 check: lint typecheck test
 

@@ -185,3 +185,21 @@ def test_html_report_shows_zone_table_and_worst_slice(
     assert f"{result.involvement['total']['score']} / 30" in page  # type: ignore[index]
     worst = result.involvement["worst_slice"]["index"]  # type: ignore[index]
     assert f"slice {worst} (most involved" in page
+
+
+def test_diagnose_lesions_flag_adds_involvement_and_mask(
+    tiny_model_dir: Path, chest: Chest, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    src = tmp_path / "chest.nii.gz"
+    chest.volume.save(src)
+    out = tmp_path / "out"
+    args = ["diagnose", str(src), "--model", str(tiny_model_dir), "--backend", "torch", "-o", str(out)]
+    rc = main([*args, "--lesions", "classical", "--save-mask", "--no-strip", "--json", "--no-progress"])
+    assert rc == 0
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert doc["involvement"]["total"]["score_max"] == 30
+    assert json.loads((out / "chest.json").read_text())["involvement"] == doc["involvement"]
+    lesions = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "chest_lesions.nii.gz")))
+    assert lesions.shape == chest.volume.shape and (lesions > 0).any()
+    assert main([*args, "--no-strip", "--json", "--no-progress"]) == 0
+    assert "involvement" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
