@@ -120,3 +120,19 @@ def test_labelled_images_get_their_share_of_draws() -> None:
     assert w is not None and w.shape == (20,)
     assert w[:2].sum() == pytest.approx(0.5) and w[2:].sum() == pytest.approx(0.5)
     assert sample_weights([study(3, False)], 0.5) is None
+
+
+def test_synthetic_cohort_gives_lung_slices_with_untyped_lesions(small_cohort: Path) -> None:
+    from covidct.lesions.volumes import has_lesion_volumes, read_lesion_volumes
+
+    assert has_lesion_volumes(small_cohort)
+    part = read_lesion_volumes(small_cohort, image_size=32)
+    assert part.x.shape[0] == part.y.shape[0] == len(part.names) > 10
+    assert part.x.shape[1:] == (32, 32) and part.x.dtype == np.float16
+    assert set(np.unique(part.y)) == {0, LESION_ANY} and not part.multiclass  # 0/1 masks: type not given
+    cases = {n.split(":")[0] for n in part.names}
+    assert len(cases) == 3
+    train = read_lesion_volumes(small_cohort, image_size=32, split="train")
+    val = read_lesion_volumes(small_cohort, image_size=32, split="val")
+    assert len(train.names) + len(val.names) == len(part.names)
+    assert not {n.split(":")[0] for n in train.names} & {n.split(":")[0] for n in val.names}

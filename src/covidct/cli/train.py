@@ -127,7 +127,8 @@ def register(sub: Any) -> None:
         "lesions",
         help="lesion U-Net (background / ground glass / consolidation) from 2-D lesion folders",
         description="--data: folders ROOT/Imgs/*.jpg|png + ROOT/GT/*.png with masks drawn by people (a fixed "
-        "fifth of each, by image name, validates); --pseudo: folders with model-made masks (trained on, "
+        "fifth of each, by image name, validates), or CT cohorts with masks/<case>_lesion.nii.gz and "
+        "masks/<case>_lung.nii.gz (synthetic cohorts; a fifth of the cases validates); --pseudo: folders with model-made masks (trained on, "
         "weighted by --pseudo-weight, never validated on). Masks: 0/1/2 = background/ground glass/"
         "consolidation, else >= 128 = lesion of either type.",
     )

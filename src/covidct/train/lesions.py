@@ -1,6 +1,7 @@
 """Train the lesion U-Net: ``train_lesions(LesionConfig(...)) -> bundle folder``.
 
-Data: lesion folders (``ROOT/Imgs`` + ``ROOT/GT``, see :mod:`covidct.lesions.folders`). ``data`` folders hold
+Data: lesion folders (``ROOT/Imgs`` + ``ROOT/GT``, see :mod:`covidct.lesions.folders`), or CT cohorts with
+``masks/<case>_lesion.nii.gz`` (synthetic cohorts, COVID-CT-MD-style folders: :mod:`covidct.lesions.volumes`). ``data`` folders hold
 masks drawn by people: a fixed fifth of their images (by a hash of the name) is the validation set, the rest
 is trained on. ``pseudo`` folders hold model-made masks (COVID-SemiSeg's ``pseudo-label``): every image is
 trained on with the loss weighted by ``pseudo_weight``, none is ever used to validate or to report. The few
@@ -104,6 +105,7 @@ def sample_weights(studies: list[CachedStudy], labelled_share: float) -> np.ndar
 def lesion_studies(cfg: LesionConfig) -> tuple[dict[str, list[CachedStudy]], dict[str, Any]]:
     """Training and validation 'studies' (one per folder and split) and the data summary for the card."""
     from covidct.lesions.folders import read_lesion_folder
+    from covidct.lesions.volumes import has_lesion_volumes, read_lesion_volumes
 
     out: dict[str, list[CachedStudy]] = {"train": [], "val": []}
     sources: list[dict[str, Any]] = []
@@ -111,7 +113,8 @@ def lesion_studies(cfg: LesionConfig) -> tuple[dict[str, list[CachedStudy]], dic
         splits = ("all",) if pseudo else ("train", "val")
         counts: dict[str, int] = {}
         for split in splits:
-            part = read_lesion_folder(root, image_size=cfg.image_size, split=split)
+            reader = read_lesion_volumes if has_lesion_volumes(root) else read_lesion_folder
+            part = reader(root, image_size=cfg.image_size, split=split)
             counts[split] = len(part.names)
             if not part.names:
                 continue
