@@ -44,29 +44,31 @@ def bomb_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _timed_cli(*args: str, timeout: float = 120) -> SimpleNamespace:
-    """``covidct ARGS`` in a child process (bounded even when the code under test is not); ``seconds`` is
-    the command's own time, interpreter start-up left out."""
+def _cli(*args: str, timeout: float = 120) -> SimpleNamespace:
+    """``covidct ARGS`` in a child process (bounded even when the code under test is not); ``peak_mib`` is
+    the largest resident memory of that process and of the decoding workers it waited for (work, not time:
+    the machine's load does not change it)."""
     code = (
-        "import sys, time, json\n"
+        "import sys, json, resource\n"
         "from covidct.cli.main import main\n"
-        "t = time.perf_counter(); rc = main(sys.argv[1:])\n"
-        "print(json.dumps({'rc': rc, 'seconds': time.perf_counter() - t}))\n"
+        "rc = main(sys.argv[1:])\n"
+        "peak = max(resource.getrusage(w).ru_maxrss for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))\n"
+        "print(json.dumps({'rc': rc, 'peak_mib': peak / 1024}))\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, check=False
     )
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    return SimpleNamespace(rc=out["rc"], seconds=out["seconds"], err=proc.stderr.strip(), out=proc.stdout)
+    return SimpleNamespace(rc=out["rc"], peak_mib=out["peak_mib"], err=proc.stderr.strip(), out=proc.stdout)
 
 
 def test_cli_refuses_a_zip_bomb_before_extracting(bomb_zip: Path) -> None:
-    run = _timed_cli("info", str(bomb_zip))
+    run = _cli("info", str(bomb_zip))
     assert run.rc == 2, run.err
     lines = run.err.splitlines()
     assert len(lines) == 1 and "Traceback" not in run.err
     assert "compression ratio" in lines[0] and "zip bomb" in lines[0] and "IM0001.dcm" in lines[0]
-    assert run.seconds < 5, f"refused after {run.seconds:.1f} s"
+    assert "refused before extraction" in lines[0]
 
 
 def test_zip_limits_per_member_total_and_ratio(tmp_path: Path) -> None:
@@ -119,13 +121,13 @@ def test_a_2gib_file_of_zeros_is_not_parsed_as_dicom(
         if preamble:
             fh.write(bytes(128) + b"DICM")
         fh.truncate(2 << 30)
-    run = _timed_cli("info", str(study), "--json")
+    run = _cli("info", str(study), "--json")
     assert run.rc == 0, run.err
     doc = json.loads(run.out.splitlines()[0])
     assert doc["n_slices"] == 4
     skipped = {Path(s["path"]).name: s["reason"] for s in doc["skipped"]}
     assert "not a" in skipped["IM9999.dcm"] and "DICOM file" in skipped["IM9999.dcm"]
-    assert run.seconds < 5, f"took {run.seconds:.1f} s"
+    assert run.peak_mib < 1024, f"peak memory {run.peak_mib:.0f} MiB: the 2 GiB file was read"
 
 
 class _NoRead:
@@ -147,12 +149,9 @@ def test_service_refuses_zip_and_gzip_bombs_at_upload(
             ("bomb.zip", bomb_zip.read_bytes(), "compression ratio"),
             ("bomb.nii.gz", gz.getvalue(), "expands more than 100x"),
         ):
-            t = time.perf_counter()
             resp = client.post("/v1/studies", files={"file": (name, data)})
-            seconds = time.perf_counter() - t
             assert resp.status_code == 400, resp.text
             assert needle in resp.json()["detail"] and "bomb" in resp.json()["detail"]
-            assert seconds < 5, f"{name} refused after {seconds:.1f} s"
             assert str(tmp_path) not in resp.text
         assert client.get("/healthz").json()["status"] == "ok"
         work = client.app.state.store.work_dir
