@@ -388,3 +388,22 @@ def test_cards_of_format_1_0_hashed_with_their_time_still_verify(clf_dir: Path) 
     path.write_text(json.dumps(card))
     with pytest.raises(ModelError, match="content hash mismatch"):
         read_card(clf_dir)
+
+
+def test_same_weights_trained_from_another_folder_keep_one_hash() -> None:
+    """The data's folder is recorded but is not part of the identity (format 1.2); a card of format 1.1 is
+    hashed as it was written, its sources covered."""
+    card = {
+        "format": "covidct-model",
+        "format_version": "1.2",
+        "kind": "classifier",
+        "training": {"sources": ["/tmp/demoA/data/train"], "seed": 0},
+        "weights": {"sha256": "ab"},
+    }
+    card["hash"] = card_hash(card)
+    moved = dict(card, training={"sources": ["/tmp/demoB/data/train"], "seed": 0})
+    assert card_hash(moved) == card["hash"]
+    reseeded = dict(card, training={"sources": ["/tmp/demoA/data/train"], "seed": 1})
+    assert card_hash(reseeded) != card["hash"]  # a training setting is part of the identity
+    old, old_moved = dict(card, format_version="1.1"), dict(moved, format_version="1.1")
+    assert card_hash(old) != card_hash(old_moved)

@@ -98,17 +98,27 @@ def _format_version(card: dict[str, Any]) -> tuple[int, int]:
         return 0, 0
 
 
+#: Format versions from this one also leave out ``training.sources`` (the folders the data was read from: the
+#: same data and weights in another folder are the same model).
+_HASH_WITHOUT_SOURCES_SINCE: Final[tuple[int, int]] = (1, 2)
+
+
 def _canonical(card: dict[str, Any]) -> bytes:
-    excluded = HASH_EXCLUDED if _format_version(card) >= _HASH_WITHOUT_CREATED_SINCE else ("hash",)
+    version = _format_version(card)
+    excluded = HASH_EXCLUDED if version >= _HASH_WITHOUT_CREATED_SINCE else ("hash",)
     body = {k: v for k, v in card.items() if k not in excluded}
+    training = body.get("training")
+    if version >= _HASH_WITHOUT_SOURCES_SINCE and isinstance(training, dict) and "sources" in training:
+        body["training"] = {k: v for k, v in training.items() if k != "sources"}
     return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
 
 
 def card_hash(card: dict[str, Any]) -> str:
-    """``sha256:<hex>`` of the card without ``hash`` and ``created`` (the model's identity).
+    """``sha256:<hex>`` of the card without ``hash``, ``created`` and ``training.sources`` (the model's
+    identity: weights, preprocessing, rule, training settings; not when or from which folder it was made).
 
-    Cards of format 1.0 (written before the time was left out) are hashed as they were written, with
-    ``created``, so their stored hashes keep verifying.
+    Cards of older formats are hashed as they were written (1.0 with ``created``, 1.1 with the sources), so
+    their stored hashes keep verifying.
     """
     return "sha256:" + hashlib.sha256(_canonical(card)).hexdigest()
 

@@ -91,7 +91,8 @@ DATASET_FOLDERS: Final[dict[str, tuple[str, ...]]] = {
 
 #: Bundle format version written to ``model.json``; loading refuses other major versions.
 #: 1.1: the card's content hash leaves out ``created`` (1.0 cards, which hashed it, still load).
-BUNDLE_FORMAT_VERSION: Final[str] = "1.1"
+#: 1.2: it also leaves out ``training.sources``, the folders the data was read from (1.1 cards still load).
+BUNDLE_FORMAT_VERSION: Final[str] = "1.2"
 
 #: Scanner profiles of the synthetic cohorts ("default" mixes the others patient by patient);
 #: ``covidct.data.synth.scanner.PROFILES`` defines them, a test keeps the two in step.
