@@ -154,9 +154,10 @@ def fake_result(volume: CTVolume, mask: np.ndarray, *, seed: int = 0, input_name
 class FakeDiagnoser:
     """``diagnose(path)``: the real loader, a threshold lung mask, seeded probabilities, the real rule."""
 
-    def __init__(self, seed: int = 0, *, delay_s: float = 0.0) -> None:
+    def __init__(self, seed: int = 0, *, delay_s: float = 0.0, lesions: bool = False) -> None:
         self.seed = seed
         self.delay_s = delay_s
+        self.lesions = lesions
         self.pipeline = SimpleNamespace(
             classifier=TinyClassifier(seed),
             identity={"name": "tiny-fake", "hash": "0" * 12, "version": "test"},
@@ -179,4 +180,10 @@ class FakeDiagnoser:
             raise NotChestCTError(f"{source}: no lung-like air in the study; is this a chest CT?")
         if self.delay_s:
             time.sleep(self.delay_s)
-        return fake_result(volume, mask, seed=self.seed, input_name=str(source))
+        result = fake_result(volume, mask, seed=self.seed, input_name=str(source))
+        if self.lesions:  # the HU-threshold lesions, as a pipeline with a lesion model would add them
+            from covidct.lesions.api import lesions_of_volume
+            from covidct.lesions.classical import ClassicalLesionSegmenter
+
+            result.lesions, result.involvement = lesions_of_volume(ClassicalLesionSegmenter(), volume, mask)
+        return result

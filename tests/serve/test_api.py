@@ -172,3 +172,25 @@ def test_twenty_concurrent_uploads_all_finish(live_server: Callable[..., Any], n
             statuses = list(pool.map(one, range(20)))
         assert statuses == ["done"] * 20
         assert client.get("/healthz").json()["jobs"]["done"] == 20
+
+
+def test_lesion_overlay_only_when_the_pipeline_segments_lesions(
+    make_app: Callable[..., Any], nifti_bytes: bytes
+) -> None:
+    with TestClient(make_app()) as client:
+        job = _post(client, nifti_bytes, "a.nii.gz").json()["id"]
+        assert "involvement" not in wait_done(client, job).json()["result"]
+        resp = client.get(f"/v1/studies/{job}/lesions/5.png")
+        assert resp.status_code == 404 and "lesions/" in resp.json()["detail"]
+    with TestClient(make_app(diagnoser=FakeDiagnoser(seed=0, lesions=True))) as client:
+        job = _post(client, nifti_bytes, "a.nii.gz").json()["id"]
+        done = wait_done(client, job).json()
+        assert done["result"]["involvement"]["total"]["score_max"] == 30
+        n = done["result"]["n_slices"]
+        overlays = [_png(client.get(f"/v1/studies/{job}/lesions/{i}.png")) for i in range(n)]
+        grey = _png(client.get(f"/v1/studies/{job}/slices/0.png"))
+        assert all(o.shape[:2] == grey.shape[:2] and o.shape[2] == 4 for o in overlays)
+        assert (
+            any(o[..., 3].any() for o in overlays) or done["result"]["involvement"]["total"]["lesion_ml"] == 0
+        )
+        assert client.get(f"/v1/studies/{job}/lesions/{n}.png").status_code in (404, 422)

@@ -81,6 +81,7 @@ def test_viewer_upload_scroll_toggle(live_server: Callable[..., Any], page: Any,
 
         # overlays start hidden; toggling shows the mask and the heat map of the current slice
         assert not page.is_visible("#mask-img") and not page.is_visible("#heat-img")
+        assert not page.is_visible("#lesion-label")  # this pipeline segments no lesions
         page.check("#toggle-mask")
         page.check("#toggle-heat")
         page.wait_for_function(
@@ -106,6 +107,24 @@ def test_viewer_upload_scroll_toggle(live_server: Callable[..., Any], page: Any,
         assert page.locator("#mosaic img").count() >= 1
         page.wait_for_function("[...document.images].every(i => i.complete && i.naturalWidth > 0)")
         page.screenshot(path=str(ARTIFACTS / "05-report.png"), full_page=True)
+
+
+def test_viewer_lesion_overlay_toggles(live_server: Callable[..., Any], page: Any, tmp_path: Path) -> None:
+    from fake_study import FakeDiagnoser, make_volume
+
+    volume, _ = make_volume(n=12, size=48)
+    study = volume.save(tmp_path / "study.nii.gz")
+    with live_server(diagnoser=FakeDiagnoser(seed=0, lesions=True)) as server:
+        _upload(page, server.url, study)
+        assert page.is_visible("#lesion-label") and not page.is_visible("#lesion-img")
+        page.check("#toggle-lesions")
+        page.wait_for_function(
+            "(() => {const i = document.getElementById('lesion-img');"
+            " return !i.hidden && i.complete && i.naturalWidth === 48 && i.src.startsWith('blob:')})()"
+        )
+        page.screenshot(path=str(ARTIFACTS / "06-lesions.png"), full_page=True)
+        page.uncheck("#toggle-lesions")
+        assert not page.is_visible("#lesion-img")
 
 
 def test_viewer_shows_refusals(live_server: Callable[..., Any], page: Any, tmp_path: Path) -> None:

@@ -57,15 +57,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--save-mask", action="store_true", help="also write the lung mask (and lesion mask) as NIfTI"
     )
-    p.add_argument(
-        "--lesions",
-        nargs="?",
-        const="shipped",
-        default=None,
-        metavar="MODEL",
-        help="also segment lesions and add 'involvement' to the JSON: the shipped lesion model, a lesion "
-        "bundle, or 'classical' (default: only when the pipeline folder has a lesions/ bundle)",
-    )
+    add_lesions_argument(p)
     p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_series_argument(p)
@@ -112,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         classify_all=args.classify_all,
         workers=args.workers,
-        lesion_model=_lesion_model(args.lesions),
+        lesion_model=lesion_model_of(args.lesions),
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +152,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _lesion_model(choice: str | None) -> str | Path | None:
+def add_lesions_argument(p: Any) -> None:
+    """The ``--lesions [MODEL]`` option of ``diagnose`` and ``serve``."""
+    p.add_argument(
+        "--lesions",
+        nargs="?",
+        const="shipped",
+        default=None,
+        metavar="MODEL",
+        help="also segment lesions and add 'involvement' to the JSON: the shipped lesion model, a lesion "
+        "bundle, or 'classical' (default: only when the pipeline folder has a lesions/ bundle)",
+    )
+
+
+def lesion_model_of(choice: str | None) -> str | Path | None:
     """``--lesions``' value as the Diagnoser's ``lesion_model`` (the shipped bundle's folder for a bare flag)."""
     if choice != "shipped":
         return choice

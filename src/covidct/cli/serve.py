@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from covidct.cli.diagnose import add_lesions_argument, lesion_model_of
 from covidct.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--device", default="cpu", help="torch device for the models (cpu)")
     p.add_argument("--backend", default="auto", help="classifier inference backend (auto)")
+    add_lesions_argument(p)
     p.set_defaults(func=run)
 
 
@@ -123,7 +125,12 @@ def run(args: argparse.Namespace) -> int:
             args.host,
             "" if token else " WITHOUT authentication (give --token-file)",
         )
-    diagnoser = Diagnoser(resolve_model_dir(args.model), device=args.device, backend=args.backend)
+    diagnoser = Diagnoser(
+        resolve_model_dir(args.model),
+        device=args.device,
+        backend=args.backend,
+        lesion_model=lesion_model_of(args.lesions),
+    )
     app = create_app(diagnoser, settings=settings)
     log.info("covidct serve: http://%s:%d/ (API docs at /docs)", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

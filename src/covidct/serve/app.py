@@ -5,8 +5,8 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <token>`` when a token
 - ``POST /v1/studies`` multipart field ``file`` (zip of DICOM, a DICOM file, NIfTI/NRRD/MHA) -> 202 {"id"}
 - ``GET /v1/studies/{id}`` status; when done the ``StudyResult`` JSON under ``"result"``; a study the input
   made impossible answers 422 with the reason
-- ``GET /v1/studies/{id}/slices/{i}.png`` lung-window slice, ``.../mask/{i}.png`` and ``.../heatmap/{i}.png``
-  transparent overlays of the same size, ``.../report.html``, ``.../report.pdf``, ``.../seg.dcm``
+- ``GET /v1/studies/{id}/slices/{i}.png`` lung-window slice, ``.../mask/{i}.png``, ``.../heatmap/{i}.png``
+  and ``.../lesions/{i}.png`` (when the pipeline has a lesion model) transparent overlays of the same size, ``.../report.html``, ``.../report.pdf``, ``.../seg.dcm``
 - ``DELETE /v1/studies/{id}``: a finished or queued study is deleted now (200); a running one is cancelled
   (202 ``cancelling``: its outcome is dropped and its data deleted when the current stage returns)
 - ``GET /healthz`` (only ``{"status": "ok"}`` without the token, when one is set); the viewer at ``/``;
@@ -542,6 +542,22 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
         job, result = finished_job(job_id)
         i = _index(result, index)
         return cached_png(job, f"mask_{i}.png", lambda: png_bytes(mask_rgba(result.mask[i])))
+
+    @app.get("/v1/studies/{job_id}/lesions/{index}.png", dependencies=auth, tags=["images"])
+    def lesions_png(job_id: str, index: int) -> Response:
+        """Transparent overlay of the lesions on slice ``index`` (ground glass yellow, consolidation red);
+        404 when the study was diagnosed without a lesion model."""
+        from covidct.report.images import png_bytes
+        from covidct.report.involvement import lesion_rgba
+
+        job, result = finished_job(job_id)
+        i = _index(result, index)
+        lesions = getattr(result, "lesions", None)
+        if lesions is None:
+            raise HTTPException(
+                404, "no lesions for this study: start the service with a pipeline that has lesions/"
+            )
+        return cached_png(job, f"lesions_{i}.png", lambda: png_bytes(lesion_rgba(lesions[i])))
 
     @app.get("/v1/studies/{job_id}/heatmap/{index}.png", dependencies=auth, tags=["images"])
     def heatmap_png(job_id: str, index: int) -> Response:

@@ -60,6 +60,7 @@
   function show(body) {
     const r = body.result;
     state.result = r; state.n = r.n_slices; state.urls.clear();
+    $("lesion-label").hidden = !r.involvement;
     const names = body.display_names || {};
     setStatus("Done in " + (r.timing_s.total !== undefined ? r.timing_s.total.toFixed(1) + " s" : "") + ".");
     $("viewer").hidden = false;
@@ -113,7 +114,8 @@
     const base = "/v1/studies/" + state.id;
     const layers = [["slice-img", base + "/slices/" + i + ".png", true],
       ["mask-img", base + "/mask/" + i + ".png", $("toggle-mask").checked],
-      ["heat-img", base + "/heatmap/" + i + ".png", $("toggle-heat").checked]];
+      ["heat-img", base + "/heatmap/" + i + ".png", $("toggle-heat").checked],
+      ["lesion-img", base + "/lesions/" + i + ".png", $("toggle-lesions").checked && !!state.result.involvement]];
     layers.forEach(([id, url, on]) => { $(id).dataset.want = url; $(id).dataset.index = String(i); setLayer($(id), url, on); });
     const p = state.result.slice_probabilities[i];
     const kept = state.result.kept_slices.includes(i);
@@ -174,6 +176,7 @@
   $("slider").addEventListener("input", () => goTo(parseInt($("slider").value, 10)));
   $("toggle-mask").addEventListener("change", () => goTo(state.index));
   $("toggle-heat").addEventListener("change", () => goTo(state.index));
+  $("toggle-lesions").addEventListener("change", () => goTo(state.index));
   $("curve").addEventListener("click", (e) => {
     const cv = $("curve"), rect = cv.getBoundingClientRect(), pad = 20;
     const px = ((e.clientX - rect.left) * cv.width) / rect.width;
