@@ -54,3 +54,22 @@ def test_pdf_report_shows_phi_when_asked(tmp_path: Path, drawn_text: list[str]) 
     volume.meta.phi.update({"PatientName": "Doe^Jane"})
     write_pdf(fake_result(volume, mask, seed=1), tmp_path / "r.pdf", show_phi=True)
     assert "Doe^Jane" in drawn_text
+
+
+def test_pdf_report_adds_the_involvement_page_when_lesions_were_segmented(
+    tmp_path: Path, drawn_text: list[str]
+) -> None:
+    from covidct.lesions.quantify import involvement
+
+    volume, mask = make_volume(n=10, size=32)
+    result = fake_result(volume, mask, seed=1)
+    write_pdf(result, tmp_path / "plain.pdf")
+    assert "Lung involvement" not in drawn_text
+    lesions = (mask > 0).astype("uint8")
+    lesions[:, :, :10] = 0
+    result.lesions, result.involvement = lesions, involvement(lesions, mask, volume.spacing)
+    write_pdf(result, tmp_path / "r.pdf")
+    assert "Lung involvement" in drawn_text
+    total = result.involvement["total"]
+    assert any(t.startswith("both") and t.endswith(f"{total['score']:>2}/30") for t in drawn_text)
+    assert any(t.startswith("slice ") and "most involved" in t for t in drawn_text)

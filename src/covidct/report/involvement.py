@@ -68,6 +68,41 @@ def zone_table(involvement: dict[str, Any]) -> str:
     return f"<table id='involvement'>{''.join(rows)}</table>"
 
 
+#: What the section says about zones and scores (HTML and PDF).
+NOTE: Final[str] = (
+    "Zones: thirds of each lung along z; scores use the bands of Pan et al. 2020 per zone (0 none, 1 <5%, "
+    "2 5-25%, 3 26-49%, 4 50-75%, 5 >75%), six zones, total 0-30 (Pan et al. scored five lobes, 0-25)."
+)
+
+
+def zone_lines(involvement: dict[str, Any]) -> list[str]:
+    """The zone table as fixed-width text lines (for the PDF report)."""
+    head = f"{'lung':6} {'zone':7} {'slices':>8} {'lung ml':>8} {'lesion':>7} {'GGO':>7} {'consol.':>7} {'%':>6} score"
+    lines = [head]
+    for side, lung in involvement["lungs"].items():
+        for zone, f in lung["zones"].items():
+            lines.append(
+                f"{side:6} {zone:7} {_cell('slices', f['slices']):>8} {f['lung_ml']:>8} {f['lesion_ml']:>7} "
+                f"{f['ground_glass_ml']:>7} {f['consolidation_ml']:>7} {f['percent']:>6} {f['score']:>5}"
+            )
+    t = involvement["total"]
+    lines.append(
+        f"{'both':6} {'':7} {'':>8} {t['lung_ml']:>8} {t['lesion_ml']:>7} {t['ground_glass_ml']:>7} "
+        f"{t['consolidation_ml']:>7} {t['percent']:>6} {t['score']:>2}/{t['score_max']}"
+    )
+    return lines
+
+
+def worst_slice_image(result: StudyResult) -> tuple[np.ndarray, str] | None:
+    """The most involved slice with its lesions drawn (RGB) and its caption; None without lesions."""
+    inv, lesions = result.involvement, result.lesions
+    if inv is None or lesions is None or inv.get("worst_slice") is None:
+        return None
+    z = int(inv["worst_slice"]["index"])
+    rgb = composite(slice_grey(result.volume, z), lesion_rgba(lesions[z]))
+    return rgb, f"slice {z} (most involved: {inv['worst_slice']['percent_of_lung']}% of its lung area)"
+
+
 def involvement_section(result: StudyResult) -> list[str]:
     """HTML parts of the section (empty when the result has no lesion segmentation)."""
     inv, lesions = result.involvement, result.lesions
@@ -75,16 +110,14 @@ def involvement_section(result: StudyResult) -> list[str]:
         return []
     parts = [
         "<h2>Lung involvement</h2>",
-        "<p>Lesions segmented by the lesion model (ground glass yellow, consolidation red). Zones: thirds of "
-        "each lung along z; scores use the bands of Pan et al. 2020 per zone (0 none, 1 &lt;5%, 2 5-25%, "
-        "3 26-49%, 4 50-75%, 5 &gt;75%), six zones, total 0-30 (Pan et al. scored five lobes, 0-25).</p>",
+        "<p>Lesions segmented by the lesion model (ground glass yellow, consolidation red). "
+        + html.escape(NOTE)
+        + "</p>",
         zone_table(inv),
     ]
-    worst = inv.get("worst_slice")
+    worst = worst_slice_image(result)
     if worst is not None:
-        z = int(worst["index"])
-        rgb = composite(slice_grey(result.volume, z), lesion_rgba(lesions[z]))
-        caption = f"slice {z} (most involved: {worst['percent_of_lung']}% of its lung area)"
+        rgb, caption = worst
         parts.append(
             f"<figure id='worst-slice'><img alt='{html.escape(caption)}' src='{data_uri(png_bytes(rgb))}' "
             f"style='max-width:420px'><figcaption>{html.escape(caption)}</figcaption></figure>"

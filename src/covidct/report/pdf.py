@@ -2,7 +2,8 @@
 
 Same content as the HTML report (:mod:`covidct.report.html`): page 1 the diagnosis, per-class figures, the
 rule trace, lungs and study, model and software, and the research-use statement; page 2 the slice strip and
-the mosaic of the slices that drove the decision (Grad-CAM when a model is given). No patient name, ID or
+the mosaic of the slices that drove the decision (Grad-CAM when a model is given); page 3, when lesions were
+segmented, the lung-involvement table and the most involved slice. No patient name, ID or
 input path unless ``show_phi``.
 """
 
@@ -138,3 +139,31 @@ def _render(
             tile_ax.set_title(tile_caption, fontsize=8)
         page.text(0.07, 0.015, DISCLAIMER, fontsize=6.5, wrap=True)
         pdf.savefig(page)
+        if result.involvement is not None:
+            pdf.savefig(_involvement_page(result))
+
+
+def _involvement_page(result: StudyResult) -> Any:
+    """Page 3: the lung-involvement table and the most involved slice with its lesions."""
+    from matplotlib.figure import Figure
+
+    from covidct.report.involvement import NOTE, worst_slice_image, zone_lines
+
+    page = Figure(figsize=A4)
+    w = _Writer(page)
+    w.line("Lung involvement", size=13, weight="bold", gap=0.005)
+    w.line(
+        "Lesions segmented by the lesion model (ground glass yellow, consolidation red). " + NOTE, size=8.5
+    )
+    w.y -= 0.01
+    for text in zone_lines(result.involvement or {}):
+        w.line(text, size=7.5, family="monospace")
+    worst = worst_slice_image(result)
+    if worst is not None:
+        rgb, caption = worst
+        ax = page.add_axes((0.15, 0.08, 0.7, max(0.1, w.y - 0.12)))
+        ax.imshow(rgb)
+        ax.set_axis_off()
+        ax.set_title(caption, fontsize=9)
+    page.text(0.07, 0.015, DISCLAIMER, fontsize=6.5, wrap=True)
+    return page
