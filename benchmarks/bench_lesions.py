@@ -7,7 +7,9 @@ Usage: ``python benchmarks/bench_lesions.py [--model DIR] [--out benchmarks/resu
    for the classical HU-threshold baseline side by side.
 2. COVID-CT-MD development series (P001, cap001, normal001): per slice and lung, does the segmenter put
    lesion voxels (at least ``--min-ml``) in the lungs that the official lobe-level labels mark? Accuracy,
-   sensitivity, specificity over lung-slices; lesion volume on the normal series.
+   sensitivity, specificity over lung-slices; the same per zone (each lung's z-thirds, as in the
+   involvement figures: a slice lies in one zone of each lung, so within a slice lobes cannot be told apart);
+   lesion volume on the normal series.
 3. A synthetic cohort of a scanner site (``--site``): infection Dice per patient against its lesion mask,
    by class (phantom figures: kept apart from the real ones).
 4. Speed on P001: the lesion step and the classical lung segmentation, timed side by side (median of
@@ -47,9 +49,10 @@ def score_folder(segmenter: Any, root: Path) -> dict[str, float]:
     return lesion_scores(preds, truths)
 
 
-def lobe_agreement(segmenter: Any, md_root: Path, min_ml: float) -> dict[str, Any]:
+def lobe_agreement(segmenter: Any, md_root: Path, min_ml: float, zone_min_ml: float = 1.0) -> dict[str, Any]:
     from covidct.data.covidctmd import label_row, pick_label_file, read_covidctmd, read_index
     from covidct.io import load_study
+    from covidct.lesions.quantify import zone_slices
     from covidct.segment import get_segmenter
 
     index = read_index(md_root / "Index.csv")
@@ -58,6 +61,7 @@ def lobe_agreement(segmenter: Any, md_root: Path, min_ml: float) -> dict[str, An
     known = [v[0] for v in index.values()]
     out: dict[str, Any] = {"lobe_file": lobe_file.name if lobe_file else None, "series": {}}
     tp = fp = fn = tn = 0
+    z_tp = z_fp = z_fn = z_tn = 0
     for rec in read_covidctmd(md_root):
         volume = load_study(rec.path)
         lung = get_segmenter("classical").apply(volume)
@@ -71,6 +75,17 @@ def lobe_agreement(segmenter: Any, md_root: Path, min_ml: float) -> dict[str, An
         else:  # no row: a normal patient, no lesion anywhere
             truth = {1: np.zeros(n, bool), 2: np.zeros(n, bool)}
         s_tp = s_fp = s_fn = s_tn = 0
+        zones = []
+        for side in (1, 2):
+            has = (lung == side).any(axis=(1, 2))
+            voxel_ml = float(np.prod(volume.spacing)) / 1000.0
+            for z0, z1 in zone_slices(has):
+                les_ml = float(((les[z0:z1] > 0) & (lung[z0:z1] == side)).sum()) * voxel_ml
+                zones.append((bool(truth[side][z0:z1].any()), les_ml >= zone_min_ml))
+        z_tp += sum(t and p for t, p in zones)
+        z_fp += sum(p and not t for t, p in zones)
+        z_fn += sum(t and not p for t, p in zones)
+        z_tn += sum(not t and not p for t, p in zones)
         for side in (1, 2):
             pred = ((les > 0) & (lung == side)).sum(axis=(1, 2)) >= min_vox
             has_lung = (lung == side).any(axis=(1, 2))
@@ -90,12 +105,22 @@ def lobe_agreement(segmenter: Any, md_root: Path, min_ml: float) -> dict[str, An
             "fn": s_fn,
             "tn": s_tn,
             "lesion_ml": round(lesion_ml, 1),
+            "zones_labelled_involved": sum(t for t, _ in zones),
+            "zones_predicted_involved": sum(p for _, p in zones),
         }
     total = tp + fp + fn + tn
     out["accuracy"] = (tp + tn) / total if total else float("nan")
     out["sensitivity"] = tp / (tp + fn) if tp + fn else float("nan")
     out["specificity"] = tn / (tn + fp) if tn + fp else float("nan")
     out["min_ml"] = min_ml
+    out["zones"] = {
+        "what": "each lung's z-thirds: labelled involved when any of its slices has a lobe label, predicted "
+        f"involved when it holds >= {zone_min_ml} ml of lesion",
+        "tp": z_tp,
+        "fp": z_fp,
+        "fn": z_fn,
+        "tn": z_tn,
+    }
     return out
 
 
