@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from covidct.errors import ModelError
 from covidct.io.volume import CTVolume
 from covidct.registry import LESION_IMAGE_SIZE, LESION_LABEL_NAMES, LESION_WINDOW, Window
 
@@ -78,35 +77,11 @@ class LesionSegmenter:
     @classmethod
     def from_bundle(cls, directory: str | Path, *, device: str = "cpu") -> LesionSegmenter:
         """Load a lesion bundle written by ``covidct train lesions``."""
-        from covidct.bundle import CARD_NAME, card_int, card_window, load_component, load_state_checked
+        from covidct.segment.unet import load_unet_bundle
 
-        directory = Path(directory)
-        where = directory / CARD_NAME
-        card, state = load_component(directory, kind="lesions")
-        arch = card.get("architecture")
-        features = arch.get("features") if isinstance(arch, dict) else None
-        try:
-            feats = tuple(int(f) for f in features or ())
-        except (TypeError, ValueError):
-            feats = ()
-        if (
-            not isinstance(arch, dict)
-            or arch.get("name") != "basic_unet"
-            or len(feats) != 6
-            or min(feats) < 1
-        ):
-            raise ModelError(
-                f"{where}: architecture must be a basic_unet with 6 positive features, got {arch!r}"
-            )
-        net = build_lesion_net(features=feats)
-        load_state_checked(net, state, where=directory)
-        pre = card.get("preprocessing") or {}
-        if not isinstance(pre, dict):
-            raise ModelError(f"{where}: preprocessing must be an object, got {pre!r}")
-        size = card_int(pre, "image_size", LESION_IMAGE_SIZE, where=where, prefix="preprocessing.")
-        if size < 16 or size % 16:
-            raise ModelError(f"{where}: image_size {size} is not a positive multiple of 16")
-        window = card_window(card, default=LESION_WINDOW, where=where)
+        net, card, size, window = load_unet_bundle(
+            directory, kind="lesions", window=LESION_WINDOW, image_size=LESION_IMAGE_SIZE
+        )
         return cls(net, image_size=size, window=window, card=card, device=device)
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:

@@ -42,6 +42,43 @@ def build_segmenter(
     )
 
 
+def load_unet_bundle(
+    directory: str | Path, *, kind: str, window: Window, image_size: int
+) -> tuple[nn.Module, dict[str, Any], int, Window]:
+    """A BasicUNet bundle of ``kind`` (the lung segmenter or the lesion model): its network with the weights
+    loaded, its card, input size and window (``window`` and ``image_size`` where the card gives none).
+
+    ModelError naming ``model.json`` for an architecture other than a 6-level basic_unet, weights that do not
+    fit it, or an input size that is not a positive multiple of 16.
+    """
+    from covidct.bundle import CARD_NAME, card_int, card_window, load_component, load_state_checked
+
+    directory = Path(directory)
+    where = directory / CARD_NAME
+    card, state = load_component(directory, kind=kind)
+    arch = card.get("architecture")
+    if not isinstance(arch, dict) or arch.get("name") != "basic_unet":
+        name = arch.get("name") if isinstance(arch, dict) else arch
+        raise ModelError(f"{where}: architecture {name!r} is not 'basic_unet'")
+    features = arch.get("features", DEFAULT_FEATURES)
+    try:
+        feats = tuple(int(f) for f in features)
+    except (TypeError, ValueError):
+        feats = ()
+    if len(feats) != 6 or min(feats) < 1:
+        raise ModelError(f"{where}: architecture.features must be 6 positive integers, got {features!r}")
+    net = build_segmenter(features=feats, num_classes=3)
+    load_state_checked(net, state, where=directory)
+    pre = card.get("preprocessing") or {}
+    if not isinstance(pre, dict):
+        raise ModelError(f"{where}: preprocessing must be an object, got {pre!r}")
+    win = card_window(card, default=window, where=where)
+    size = card_int(pre, "image_size", image_size, where=where, prefix="preprocessing.")
+    if size < 16 or size % 16:
+        raise ModelError(f"{where}: image_size {size} is not a positive multiple of 16")
+    return net, card, size, win
+
+
 class UNetSegmenter:
     """Segmenter protocol implementation around a trained U-Net bundle (load once, apply many)."""
 
@@ -71,31 +108,9 @@ class UNetSegmenter:
         cls, directory: str | Path, *, device: str = "cpu", batch_size: int | None = None
     ) -> UNetSegmenter:
         """Load a segmenter bundle written by ``covidct train segmenter``."""
-        from covidct.bundle import CARD_NAME, card_int, card_window, load_component, load_state_checked
-
-        directory = Path(directory)
-        where = directory / CARD_NAME
-        card, state = load_component(directory, kind="segmenter")
-        arch = card.get("architecture")
-        if not isinstance(arch, dict) or arch.get("name") != "basic_unet":
-            name = arch.get("name") if isinstance(arch, dict) else arch
-            raise ModelError(f"{where}: architecture {name!r} is not 'basic_unet'")
-        features = arch.get("features", DEFAULT_FEATURES)
-        try:
-            feats = tuple(int(f) for f in features)
-        except (TypeError, ValueError):
-            feats = ()
-        if len(feats) != 6 or min(feats) < 1:
-            raise ModelError(f"{where}: architecture.features must be 6 positive integers, got {features!r}")
-        net = build_segmenter(features=feats, num_classes=3)
-        load_state_checked(net, state, where=directory)
-        pre = card.get("preprocessing") or {}
-        if not isinstance(pre, dict):
-            raise ModelError(f"{where}: preprocessing must be an object, got {pre!r}")
-        window = card_window(card, default=SEGMENTER_WINDOW, where=where)
-        size = card_int(pre, "image_size", SEGMENTER_IMAGE_SIZE, where=where, prefix="preprocessing.")
-        if size < 16 or size % 16:
-            raise ModelError(f"{where}: image_size {size} is not a positive multiple of 16")
+        net, card, size, window = load_unet_bundle(
+            directory, kind="segmenter", window=SEGMENTER_WINDOW, image_size=SEGMENTER_IMAGE_SIZE
+        )
         return cls(net, image_size=size, window=window, card=card, device=device, batch_size=batch_size)
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
