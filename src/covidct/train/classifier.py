@@ -194,13 +194,10 @@ def train_classifier(config: ClassifierConfig) -> Path:
 def classifier_card(
     cfg: ClassifierConfig,
     summary: dict[str, Any],
-    history: list[dict[str, float]],
     best_epoch: int,
-    stopped_by: str,
     metrics: dict[str, float],
 ) -> dict[str, Any]:
     """The ``model.json`` content of a classifier bundle (format fields are added by ``save_component``)."""
-    import os
 
     return {
         "kind": "classifier",
@@ -226,17 +223,8 @@ def classifier_card(
         },
         "training": {
             **summary,
-            "seed": cfg.seed,
-            "epochs_max": cfg.epochs,
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "stopped_by": stopped_by,
-            "optimizer": cfg.optimizer,
-            "lr": cfg.lr,
-            "lr_decay": cfg.lr_decay,
             "lr_gamma": cfg.lr_gamma,
             "weight_decay": cfg.weight_decay,
-            "batch_size": cfg.batch_size,
             "patience": cfg.patience,
             "balanced_sampling": cfg.balanced,
             "augmentation": (
@@ -252,9 +240,7 @@ def classifier_card(
                 if cfg.augment
                 else None
             ),
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
             "device": cfg.device,
-            "log": "training/training_log.csv",
         },
         "validation": {"epoch": best_epoch, "measure": "val_balanced_accuracy", **metrics},
         "rule": default_rule(),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import sys
 from collections.abc import Callable
@@ -225,18 +226,30 @@ def finish_training(
 ) -> dict[str, Any]:
     """The common tail of both trainings (main process only): card -> bundle -> pipeline ``model.json``.
 
-    ``make_card(cfg, summary, history, best_epoch, stopped_by, metrics)`` builds the card; the training
-    budget and how it ended (``steps_per_epoch``, ``max_minutes``, ``stopped``: the line the log gave,
-    ``model_selection``), ``data_provenance`` and the ``validation`` status of :func:`check_validation`
+    ``make_card(cfg, summary, best_epoch, metrics)`` builds the card; the facts every
+    training shares (seed, optimizer, learning rate and decay, batch size, world size, epochs run and kept,
+    the log's place), the training budget and how it ended (``steps_per_epoch``, ``max_minutes``,
+    ``stopped``: the line the log gave, ``model_selection``), ``data_provenance`` and the ``validation`` status of :func:`check_validation`
     are added here, as are ``extra_card`` entries (e.g. the classifier's calibration file), all before
     :func:`covidct.bundle.save_component` stamps the hash, so the hash covers them. Returns the written card.
     """
     from covidct.bundle import save_component
 
-    card = make_card(cfg, summary, result.history, result.best_epoch, result.stopped_by, result.metrics)
+    card = make_card(cfg, summary, result.best_epoch, result.metrics)
     training = card.setdefault("training", {})
     training.update(
         {
+            "seed": cfg.seed,
+            "epochs_max": cfg.epochs,
+            "epochs_run": len(result.history),
+            "best_epoch": result.best_epoch,
+            "stopped_by": result.stopped_by,
+            "optimizer": cfg.optimizer,
+            "lr": cfg.lr,
+            "lr_decay": cfg.lr_decay,
+            "batch_size": cfg.batch_size,
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "log": "training/training_log.csv",
             "steps_per_epoch": cfg.steps_per_epoch,
             "max_minutes": cfg.max_minutes,
             "stopped": result.message,

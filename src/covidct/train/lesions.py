@@ -19,7 +19,6 @@ the eight quarter-turns and mirrorings (the folders' images are rotated; CT slic
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -208,9 +207,7 @@ def train_lesions(config: LesionConfig) -> Path:
 def lesion_card(
     cfg: LesionConfig,
     summary: dict[str, Any],
-    history: list[dict[str, float]],
     best_epoch: int,
-    stopped_by: str,
     metrics: dict[str, float],
 ) -> dict[str, Any]:
     """The ``model.json`` content of a lesion bundle."""
@@ -238,18 +235,7 @@ def lesion_card(
             "loss": "partial-label cross-entropy + soft Dice of the infection",
             "pseudo_weight": cfg.pseudo_weight,
             "labelled_share": cfg.labelled_share,
-            "seed": cfg.seed,
-            "epochs_max": cfg.epochs,
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "stopped_by": stopped_by,
-            "optimizer": cfg.optimizer,
-            "lr": cfg.lr,
-            "lr_decay": cfg.lr_decay,
-            "batch_size": cfg.batch_size,
             "augmentation": "small affine + contrast, quarter-turns and mirroring" if cfg.augment else None,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-            "log": "training/training_log.csv",
         },
         "validation": {"epoch": best_epoch, "measure": "val_dice (mean infection Dice per image)", **metrics},
     }

@@ -9,7 +9,6 @@ validation slices.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -109,9 +108,7 @@ def train_segmenter(config: SegmenterConfig) -> Path:
 def segmenter_card(
     cfg: SegmenterConfig,
     summary: dict[str, Any],
-    history: list[dict[str, float]],
     best_epoch: int,
-    stopped_by: str,
     metrics: dict[str, float],
 ) -> dict[str, Any]:
     """The ``model.json`` content of a segmenter bundle."""
@@ -138,20 +135,9 @@ def segmenter_card(
             **summary,
             "targets": "ground-truth masks" + (" + classical pseudo-labels" if cfg.pseudo_labels else ""),
             "loss": "Dice + cross-entropy",
-            "seed": cfg.seed,
-            "epochs_max": cfg.epochs,
-            "epochs_run": len(history),
-            "best_epoch": best_epoch,
-            "stopped_by": stopped_by,
-            "optimizer": cfg.optimizer,
-            "lr": cfg.lr,
-            "lr_decay": cfg.lr_decay,
-            "batch_size": cfg.batch_size,
             "augmentation": {"rotation_deg": augment.MAX_ROTATION_DEG, "flips": "none"}
             if cfg.augment
             else None,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
-            "log": "training/training_log.csv",
         },
         "validation": {"epoch": best_epoch, "measure": "val_dice", **metrics},
     }
