@@ -79,6 +79,19 @@ def load_unet_bundle(
     return net, card, size, win
 
 
+def unet_architecture(features: Sequence[int]) -> dict[str, Any]:
+    """The card's ``architecture`` entry of a network :func:`build_segmenter` builds (1 channel in, 3 out)."""
+    return {
+        "name": "basic_unet",
+        "library": "monai.networks.nets.BasicUNet",
+        "spatial_dims": 2,
+        "in_channels": 1,
+        "num_classes": 3,
+        "features": [int(f) for f in features],
+        "norm": "batch",
+    }
+
+
 class UNetSegmenter:
     """Segmenter protocol implementation around a trained U-Net bundle (load once, apply many)."""
 

@@ -31,6 +31,7 @@ from torch import nn
 from covidct.data.records import StudyRecord
 from covidct.errors import ConfigError
 from covidct.registry import LESION_ANY, LESION_IMAGE_SIZE, LESION_LABEL_NAMES, LESION_WINDOW
+from covidct.segment.unet import unet_architecture
 from covidct.train.augment import dihedral
 from covidct.train.common import finish_training, run_dir_of, seed_everything
 from covidct.train.config import TrainConfig
@@ -215,15 +216,7 @@ def lesion_card(
         "kind": "lesions",
         "name": cfg.name or f"covidct-lesion-unet-{cfg.image_size}",
         "labels": {str(k): v for k, v in LESION_LABEL_NAMES.items()},
-        "architecture": {
-            "name": "basic_unet",
-            "library": "monai.networks.nets.BasicUNet",
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "num_classes": 3,
-            "features": list(cfg.features),
-            "norm": "batch",
-        },
+        "architecture": unet_architecture(cfg.features),
         "preprocessing": {
             "window": {"level": LESION_WINDOW.level, "width": LESION_WINDOW.width},
             "image_size": cfg.image_size,

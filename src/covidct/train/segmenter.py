@@ -19,7 +19,7 @@ from torch import nn
 from covidct.preprocess import SEGMENTER_WINDOW
 from covidct.registry import LUNG_LABEL_NAMES
 from covidct.segment.quality import dice
-from covidct.segment.unet import build_segmenter
+from covidct.segment.unet import build_segmenter, unet_architecture
 from covidct.train import augment
 from covidct.train.common import (
     check_validation,
@@ -116,15 +116,7 @@ def segmenter_card(
         "kind": "segmenter",
         "name": cfg.name or f"covidct-unet-{cfg.image_size}",
         "labels": {str(k): v for k, v in LUNG_LABEL_NAMES.items()},
-        "architecture": {
-            "name": "basic_unet",
-            "library": "monai.networks.nets.BasicUNet",
-            "spatial_dims": 2,
-            "in_channels": 1,
-            "num_classes": 3,
-            "features": list(cfg.features),
-            "norm": "batch",
-        },
+        "architecture": unet_architecture(cfg.features),
         "preprocessing": {
             "window": {"level": SEGMENTER_WINDOW.level, "width": SEGMENTER_WINDOW.width},
             "image_size": cfg.image_size,
