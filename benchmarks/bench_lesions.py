@@ -34,21 +34,6 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 LOBES = ("LLL", "LUL", "RLL", "RML", "RUL")
 
 
-def score_folder(segmenter: Any, root: Path) -> dict[str, float]:
-    from covidct.data.realistic.donors import image_pairs, is_validation_image
-    from covidct.evaluate.lesions import lesion_scores
-    from covidct.lesions.folders import read_image, read_mask
-
-    preds, truths = [], []
-    for img_path, mask_path in image_pairs(root):
-        if not is_validation_image(img_path.stem):
-            continue
-        img = read_image(img_path)
-        truths.append(read_mask(mask_path, img.shape)[0])
-        preds.append(segmenter.segment_image(img))
-    return lesion_scores(preds, truths)
-
-
 def lobe_agreement(segmenter: Any, md_root: Path, min_ml: float, zone_min_ml: float = 1.0) -> dict[str, Any]:
     from covidct.data.covidctmd import label_row, pick_label_file, read_covidctmd, read_index
     from covidct.io import load_study
@@ -180,6 +165,7 @@ def speed(segmenter: Any, series: Path, repeats: int) -> dict[str, float]:
 def main() -> None:
     import torch
 
+    from covidct.evaluate.lesions import score_lesion_folder
     from covidct.lesions.api import load_lesion_segmenter
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
@@ -200,8 +186,8 @@ def main() -> None:
     doc: dict[str, Any] = {"model": net.card.get("name"), "model_hash": net.card.get("hash")}
     if "real" not in args.skip:
         doc["covid_semiseg_val"] = {
-            "network": score_folder(net, Path(args.semiseg)),
-            "classical": score_folder(classical, Path(args.semiseg)),
+            "network": score_lesion_folder(net, args.semiseg),
+            "classical": score_lesion_folder(classical, args.semiseg),
         }
         print("COVID-SemiSeg validation fifth:", json.dumps(doc["covid_semiseg_val"]))
     if "lobes" not in args.skip:

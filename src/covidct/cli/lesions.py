@@ -13,9 +13,6 @@ from covidct.errors import CovidCTError
 
 log = logging.getLogger(__name__)
 
-#: Suffixes of the slice images an image-folder input holds.
-_IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser(
@@ -52,29 +49,26 @@ def register(sub: Any) -> None:
 
 def is_image_folder(path: Path) -> bool:
     """A folder of 2-D slice images (with ``Imgs/``, or PNG/JPEG files and no DICOM beside them)."""
+    from covidct.data.realistic.donors import IMAGE_SUFFIXES
+
     if not path.is_dir():
         return False
     if (path / "Imgs").is_dir():
         return True
     files = [f for f in path.iterdir() if f.is_file()]
-    return any(f.suffix.lower() in _IMAGE_SUFFIXES for f in files) and not any(
+    return any(f.suffix.lower() in IMAGE_SUFFIXES for f in files) and not any(
         f.suffix.lower() in ("", ".dcm", ".dicom", ".ima") for f in files
     )
 
 
 def _mean_scores(rows: list[dict[str, Any]]) -> dict[str, float] | None:
-    import numpy as np
+    """The folder's mean scores (rounded) over its images that had a mask, None when none had one."""
+    from covidct.evaluate.lesions import mean_scores
 
     scored = [r["scores"] for r in rows if "scores" in r]
     if not scored:
         return None
-    out: dict[str, float] = {}
-    for key in scored[0]:
-        vals = np.array([s[key] for s in scored], dtype=np.float64)
-        finite = vals[np.isfinite(vals)]
-        out[key] = round(float(finite.mean()), 4) if finite.size else float("nan")
-    out["images"] = float(len(scored))
-    return out
+    return {k: round(v, 4) if k != "images" else v for k, v in mean_scores(scored).items()}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ NaN for it and left out of the mean; a mean over no image is NaN.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -47,16 +48,40 @@ def image_scores(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:
     return out
 
 
-def lesion_scores(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, float]:
-    """Means over images of :func:`image_scores` (NaN-aware), plus ``images``, their count."""
-    if len(preds) != len(truths):
-        raise ValueError(f"{len(preds)} predictions for {len(truths)} truths")
-    rows = [image_scores(p, t) for p, t in zip(preds, truths, strict=True)]
-    keys = ("dice", "sensitivity", "specificity", "dice_ggo", "dice_consolidation")
+#: The scores :func:`image_scores` gives, in the order they are reported.
+SCORE_KEYS: tuple[str, ...] = ("dice", "sensitivity", "specificity", "dice_ggo", "dice_consolidation")
+
+
+def mean_scores(rows: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Means over images of :func:`image_scores` rows (NaN-aware), plus ``images``, their count."""
     out: dict[str, float] = {}
-    for k in keys:
+    for k in SCORE_KEYS:
         vals = np.array([r[k] for r in rows], dtype=np.float64)
         finite = vals[np.isfinite(vals)]
         out[k] = float(finite.mean()) if finite.size else float("nan")
     out["images"] = float(len(rows))
     return out
+
+
+def lesion_scores(preds: Sequence[np.ndarray], truths: Sequence[np.ndarray]) -> dict[str, float]:
+    """Means over images of :func:`image_scores` (NaN-aware), plus ``images``, their count."""
+    if len(preds) != len(truths):
+        raise ValueError(f"{len(preds)} predictions for {len(truths)} truths")
+    return mean_scores([image_scores(p, t) for p, t in zip(preds, truths, strict=True)])
+
+
+def score_lesion_folder(segmenter: Any, root: str | Path, *, split: str = "val") -> dict[str, float]:
+    """:func:`lesion_scores` of ``segmenter`` (anything with ``segment_image``) on the images of a lesion
+    folder (``ROOT/Imgs`` + ``ROOT/GT``) in ``split`` ("val": the fifth held out from training), at the
+    images' own size."""
+    from covidct.data.realistic.donors import image_pairs, is_validation_image
+    from covidct.lesions.folders import read_image, read_mask
+
+    preds, truths = [], []
+    for img_path, mask_path in image_pairs(Path(root)):
+        if split != "all" and is_validation_image(img_path.stem) != (split == "val"):
+            continue
+        img = read_image(img_path)
+        truths.append(read_mask(mask_path, img.shape)[0])
+        preds.append(segmenter.segment_image(img))
+    return lesion_scores(preds, truths)
