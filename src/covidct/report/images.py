@@ -62,13 +62,18 @@ def check_index(n_slices: int, index: int) -> None:
         raise IndexError(f"slice index {index} is outside 0..{n_slices - 1}")
 
 
-def mask_rgba(mask_slice: np.ndarray) -> np.ndarray:
-    """Transparent RGBA overlay of one lung-mask slice (labels 1 and 2 coloured, the rest transparent)."""
-    m = np.asarray(mask_slice)
+def label_rgba(labels: np.ndarray, colours: dict[int, tuple[int, int, int, int]]) -> np.ndarray:
+    """Transparent RGBA overlay of a label slice: each label in ``colours`` coloured, the rest transparent."""
+    m = np.asarray(labels)
     out = np.zeros((*m.shape, 4), dtype=np.uint8)
-    for label, colour in MASK_COLOURS.items():
+    for label, colour in colours.items():
         out[m == label] = colour
     return out
+
+
+def mask_rgba(mask_slice: np.ndarray) -> np.ndarray:
+    """Transparent RGBA overlay of one lung-mask slice (labels 1 and 2 coloured, the rest transparent)."""
+    return label_rgba(mask_slice, MASK_COLOURS)
 
 
 def heat_rgba(cam: np.ndarray, *, max_alpha: float = 0.6, floor: float = 0.15) -> np.ndarray:

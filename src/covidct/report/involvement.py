@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from covidct.registry import LesionLabel
-from covidct.report.images import composite, data_uri, png_bytes, slice_grey
+from covidct.report.images import composite, data_uri, label_rgba, png_bytes, slice_grey
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
@@ -36,11 +36,7 @@ _COLUMNS: Final[tuple[tuple[str, str], ...]] = (
 
 def lesion_rgba(lesion_slice: np.ndarray) -> np.ndarray:
     """Transparent RGBA overlay of one lesion-mask slice."""
-    m = np.asarray(lesion_slice)
-    out = np.zeros((*m.shape, 4), dtype=np.uint8)
-    for label, colour in LESION_COLOURS.items():
-        out[m == label] = colour
-    return out
+    return label_rgba(lesion_slice, LESION_COLOURS)
 
 
 def _cell(key: str, value: Any) -> str:
