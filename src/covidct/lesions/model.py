@@ -86,14 +86,14 @@ class LesionSegmenter:
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
         """Labels ``(n, S, S)`` uint8 for network inputs ``(n, S, S)`` or ``(n, 1, S, S)``."""
+        from covidct.segment.unet import labels_in_batches
+
         arr = np.asarray(x, dtype=np.float32)
         arr = arr[:, None] if arr.ndim == 3 else arr
-        out = np.zeros((arr.shape[0], *arr.shape[2:]), np.uint8)
         with torch.inference_mode():
-            for i in range(0, arr.shape[0], self.batch_size):
-                t = torch.from_numpy(np.ascontiguousarray(arr[i : i + self.batch_size])).to(self.device)
-                out[i : i + t.shape[0]] = self.network(t).argmax(dim=1).to(torch.uint8).cpu().numpy()
-        return out
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            labels = labels_in_batches(self.network, t, batch_size=self.batch_size, device=self.device)
+            return np.asarray(labels.cpu().numpy(), np.uint8)
 
     def segment_image(self, img: np.ndarray) -> np.ndarray:
         """Lesion labels of one slice image (grey 0..255, cropped to the lungs), at the image's size."""

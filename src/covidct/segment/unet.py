@@ -92,6 +92,19 @@ def unet_architecture(features: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def labels_in_batches(network: nn.Module, x: torch.Tensor, *, batch_size: int, device: str) -> torch.Tensor:
+    """uint8 argmax labels ``(n, S, S)`` on ``device`` of a segmentation network for inputs ``(n, 1, S, S)``,
+    ``batch_size`` at a time (call under ``torch.inference_mode()``)."""
+    if x.shape[0] == 0:
+        return torch.zeros((0, *x.shape[2:]), dtype=torch.uint8, device=device)
+    return torch.cat(
+        [
+            network(x[i : i + batch_size].to(device)).argmax(dim=1).to(torch.uint8)
+            for i in range(0, x.shape[0], batch_size)
+        ]
+    )
+
+
 class UNetSegmenter:
     """Segmenter protocol implementation around a trained U-Net bundle (load once, apply many)."""
 
@@ -135,16 +148,7 @@ class UNetSegmenter:
 
     def _labels(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 labels ``(n, S, S)`` on the network's device for inputs ``(n, 1, S, S)``, in batches."""
-        import torch
-
-        if x.shape[0] == 0:
-            return torch.zeros((0, self.image_size, self.image_size), dtype=torch.uint8, device=self.device)
-        return torch.cat(
-            [
-                self.network(x[i : i + self.batch_size].to(self.device)).argmax(dim=1).to(torch.uint8)
-                for i in range(0, x.shape[0], self.batch_size)
-            ]
-        )
+        return labels_in_batches(self.network, x, batch_size=self.batch_size, device=self.device)
 
     def apply(self, volume: CTVolume) -> np.ndarray:
         """The lung mask of ``volume``: uint8 ``(z, y, x)``, 0 background, 1 right, 2 left.
