@@ -105,18 +105,28 @@ def check_device(device: str) -> str:
     return check(device)
 
 
-def shipped_model_dir() -> Path | None:
-    """The pretrained pipeline that comes with covidct: ``$COVIDCT_MODEL``, else ``models/`` at the root of a
-    source checkout (beside ``src/``), when it holds a ``model.json``; ``None`` when there is none."""
+def shipped_models_root() -> Path:
+    """Where shipped models are looked for: ``$COVIDCT_MODEL`` when set, else ``models/`` at the root of a
+    source checkout (beside ``src/``), whether or not it exists."""
     import os
 
     from covidct.registry import MODEL_ENV, SHIPPED_MODEL_FOLDER
 
     env = os.environ.get(MODEL_ENV)
-    if env:
-        return Path(env)
-    here = Path(__file__).resolve().parents[2] / SHIPPED_MODEL_FOLDER
-    return here if (here / "model.json").is_file() else None
+    return Path(env) if env else Path(__file__).resolve().parents[2] / SHIPPED_MODEL_FOLDER
+
+
+def shipped_model_dir() -> Path | None:
+    """The pretrained pipeline that comes with covidct: ``$COVIDCT_MODEL``, else ``models/`` at the root of a
+    source checkout when it holds a ``model.json``; ``None`` when there is none."""
+    import os
+
+    from covidct.registry import MODEL_ENV
+
+    root = shipped_models_root()
+    if os.environ.get(MODEL_ENV):
+        return root
+    return root if (root / "model.json").is_file() else None
 
 
 #: Training mask sources that match a pipeline's segmenter: the classical segmenter's own masks, or the ground
