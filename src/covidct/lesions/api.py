@@ -41,13 +41,10 @@ class LesionModel(Protocol):
 def shipped_lesion_dir() -> Path | None:
     """The lesion bundle that comes with covidct: ``lesions/`` of ``$COVIDCT_MODEL`` when set, else
     ``models/lesions`` at the root of a source checkout; ``None`` when there is none."""
-    import os
+    from covidct.diagnose import shipped_models_root
+    from covidct.registry import LESION_FOLDER
 
-    from covidct.registry import LESION_FOLDER, MODEL_ENV, SHIPPED_MODEL_FOLDER
-
-    env = os.environ.get(MODEL_ENV)
-    root = Path(env) if env else Path(__file__).resolve().parents[3] / SHIPPED_MODEL_FOLDER
-    here = root / LESION_FOLDER
+    here = shipped_models_root() / LESION_FOLDER
     return here if (here / "model.json").is_file() else None
 
 
@@ -129,7 +126,9 @@ def segment_image_folder(
         img = read_image(f)
         gt = gt_dir / f"{f.stem}.png" if gt_dir is not None else None
         truth = read_mask(gt, img.shape)[0] if gt is not None and gt.is_file() else None
-        images.append((f, img, truth))
+        images.append(
+            (f, img.astype(np.uint8), truth)
+        )  # grey levels 0..255: uint8 holds them, at 1/4 the memory
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, Any]] = []
