@@ -159,12 +159,45 @@ def _pixel_data_state(fp: Any, size: int) -> str:
 
 
 def ignore_sigint() -> None:
-    """Initializer of decoding worker processes: Ctrl-C reaches the whole process group, and only the parent
-    should act on it (it stops the run and says so in one line); a worker's KeyboardInterrupt would print a
-    traceback per process."""
+    """Ctrl-C reaches the whole process group, and only the parent should act on it (it stops the run and
+    says so in one line); a worker's KeyboardInterrupt would print a traceback per process."""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _exit_when_gone(parent: int) -> None:
+    """Block until process ``parent`` has ended, then end this process at once."""
+    import select
+
+    try:
+        fd = os.pidfd_open(parent)  # readable once the process has ended, zombie or reaped
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # no pidfd (not Linux, old kernel): look every second
+        import time
+
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(parent, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                pass
+    select.select([fd], [], [])
+    os._exit(1)
+
+
+def init_worker(parent: int) -> None:
+    """Initializer of decoding worker processes: ignore Ctrl-C (:func:`ignore_sigint`) and end when the
+    process that started the pool ends, however it ended. A killed parent (SIGKILL, out of memory) cannot
+    stop its workers, and they would wait on their queue forever, keeping the forkserver and the resource
+    tracker alive with them, adopted by PID 1."""
+    import threading
+
+    ignore_sigint()
+    threading.Thread(target=_exit_when_gone, args=(parent,), name="covidct-parent-watch", daemon=True).start()
 
 
 #: Largest file read as DICOM (a bound on the bytes one file can make covidct read; an Enhanced CT of 1,500

@@ -246,7 +246,9 @@ def _shared_pool(n_workers: int, ctx: Any) -> ProcessPoolExecutor:
     with _POOLS_LOCK:
         pool = _POOLS.get(n_workers)
         if pool is None:
-            pool = ProcessPoolExecutor(max_workers=n_workers, mp_context=ctx, initializer=dicom.ignore_sigint)
+            pool = ProcessPoolExecutor(
+                max_workers=n_workers, mp_context=ctx, initializer=dicom.init_worker, initargs=(os.getpid(),)
+            )
             _POOLS[n_workers] = pool
         return pool
 
