@@ -30,8 +30,11 @@ def _conftest(folder: str) -> ModuleType:
 
 
 _IO = _conftest("io")
+_SERVE = _conftest("serve")
 #: The service tests' app factory (a fresh app on a work folder in tmp_path), the same fixture here.
-make_app = _conftest("serve").make_app
+make_app = _SERVE.make_app
+#: The service tests' 8-slice DICOM series (with patient identifiers) zipped in a patient/series layout.
+dicom_zip_bytes = _SERVE.dicom_zip_bytes
 
 
 @pytest.fixture(autouse=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from fake_study import FakeDiagnoser
 from fastapi.testclient import TestClient
 from serve_helpers import wait_done
 
@@ -22,3 +24,46 @@ def test_finished_studies_are_bounded_oldest_first(make_app: Callable[..., Any],
         assert not (store.work_dir / ids[0]).exists()
         size = sum(f.stat().st_size for f in store.work_dir.rglob("*") if f.is_file())
         assert size <= 0.2 * (1 << 20) + 1024
+
+
+def test_a_finished_study_keeps_its_result_not_its_upload(
+    make_app: Callable[..., Any], dicom_zip_bytes: bytes
+) -> None:
+    """Item 8: once done, the upload's pixels are gone (only the DICOM headers the SEG needs stay), HU are
+    kept as int16, nothing of the study stays mapped in memory after a slice is shown, and a restart answers
+    from the stored result without diagnosing again."""
+    import numpy as np
+    import pydicom
+
+    from covidct.serve.stored import StoredArray
+
+    diagnosed: list[object] = []
+
+    class Counting(FakeDiagnoser):
+        def diagnose(self, source: Any, *, progress: bool = False) -> Any:
+            diagnosed.append(source)
+            return super().diagnose(source, progress=progress)
+
+    with TestClient(make_app(diagnoser=Counting(), durable=True)) as client:
+        job = client.post("/v1/studies", files={"file": ("s.zip", dicom_zip_bytes)}).json()["id"]
+        first = wait_done(client, job).json()
+        assert first["status"] == "done"
+        folder = client.app.state.store.work_dir / job
+        files = [f for f in (folder / "input").rglob("*") if f.is_file()]
+        assert len(files) == 8
+        for f in files:
+            assert "PixelData" not in pydicom.dcmread(f), f
+        hu_file = folder / "arrays" / "hu.npy"
+        assert np.load(hu_file, mmap_mode="r").dtype == np.int16
+        result = client.app.state.store.get(job).result
+        assert isinstance(result.volume.hu, StoredArray) and result.volume.hu[3].shape == (32, 32)
+        assert client.get(f"/v1/studies/{job}/slices/3.png").status_code == 200
+        assert client.get(f"/v1/studies/{job}/mask/3.png").status_code == 200
+        seg = client.get(f"/v1/studies/{job}/seg.dcm")
+        assert seg.status_code == 200, seg.text
+        assert str(folder) not in Path("/proc/self/maps").read_text()  # no array of the study left mapped
+    with TestClient(make_app(diagnoser=Counting(), durable=True)) as client:
+        again = client.get(f"/v1/studies/{job}").json()
+        assert again["status"] == "done" and again["result"] == first["result"]
+        assert client.get(f"/v1/studies/{job}/slices/5.png").status_code == 200
+    assert len(diagnosed) == 1  # the restart answered from the stored result

@@ -1,14 +1,14 @@
 """Jobs of the diagnosis service: a bounded worker pool, an in-memory job store and retention cleanup.
 
-Each job owns a private folder (mode 0700) under the service's work folder holding the upload, the
-extracted study, the volume and mask as ``.npy`` (memory-mapped back, so finished results cost little RAM)
+Each job owns a private folder (mode 0700) under the service's work folder holding the upload and the
+extracted study while it runs; once done, the result, its arrays (read from disk one slice at a time, so
+finished results cost no RAM) and only the DICOM headers of the upload (see :mod:`covidct.serve.stored`),
 and cached images. A job's folder and record are deleted ``retention_s`` after it finished. Nothing here
 logs upload names or contents, only job ids, sizes and outcomes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from covidct._files import atomic_write, atomic_write_text
+from covidct._files import atomic_write_text
 from covidct.errors import CovidCTError
+from covidct.serve.stored import load_result, store_result
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
@@ -80,21 +79,6 @@ class Job:
         if self.cancelled:
             out["cancelled"] = True
         return out
-
-
-def persist_result(result: StudyResult, folder: Path) -> StudyResult:
-    """Save volume and mask as ``.npy`` in ``folder`` and return the result with memory-mapped arrays."""
-    from covidct.io.volume import CTVolume
-
-    hu_arr = np.ascontiguousarray(result.volume.hu)
-    mask_arr = np.ascontiguousarray(result.mask, dtype=np.uint8)
-    atomic_write(folder / "hu.npy", lambda tmp: np.save(tmp, hu_arr))
-    atomic_write(folder / "mask.npy", lambda tmp: np.save(tmp, mask_arr))
-    hu = np.load(folder / "hu.npy", mmap_mode="r")
-    mask = np.load(folder / "mask.npy", mmap_mode="r")
-    v = result.volume
-    volume = CTVolume(hu, v.spacing, v.origin, v.direction.copy(), list(v.slices), v.meta)
-    return dataclasses.replace(result, volume=volume, mask=mask)
 
 
 def _folder_bytes(folder: Path) -> int:
@@ -229,7 +213,7 @@ class JobStore:
                 self._forget(job)
                 log.info("job %s: cancelled while running; its outcome and data are deleted", job.id)
                 return
-            result = persist_result(result, job.dir / "arrays")
+            result = store_result(result, job.dir)
         except CovidCTError as exc:
             log.info("job %s: input refused (%s)", job.id, type(exc).__name__)
             self._finish(job, error=self.public_message(job, str(exc)), user_error=True)
@@ -399,11 +383,12 @@ class JobStore:
             log.debug("job %s: state not saved (%s)", job.id, type(exc).__name__)
 
     def _restore(self) -> None:
-        """Read back the jobs of a previous run: failed ones keep their answer; queued, running and done ones
-        are diagnosed again from their kept upload (so every id keeps its meaning); one whose upload is gone
-        fails with the reason; folders of uploads never completed (a crash mid-upload) are swept."""
+        """Read back the jobs of a previous run: finished ones keep their answer (a done study its stored
+        result); queued and running ones are diagnosed again from their kept upload (so every id keeps its
+        meaning); one whose upload is gone fails with the reason; folders of uploads never completed (a crash
+        mid-upload) are swept."""
         resumed: list[Job] = []
-        failed = swept = 0
+        failed = swept = done = 0
         for folder in sorted(p for p in self.work_dir.iterdir() if p.is_dir()):
             if not _JOB_ID.fullmatch(folder.name):
                 continue
@@ -419,7 +404,12 @@ class JobStore:
             job = Job(id=folder.name, dir=folder, created=float(doc.get("created") or time.time()))
             job.kind, job.upload_bytes = str(doc.get("kind") or ""), int(doc.get("upload_bytes") or 0)
             source = folder / doc["source"] if doc.get("source") else None
-            if status == FAILED:
+            stored = load_result(folder) if status == DONE else None
+            if stored is not None:
+                job.status, job.result = DONE, stored
+                job.started, job.finished = doc.get("started"), doc.get("finished") or time.time()
+                done += 1
+            elif status == FAILED:
                 job.status, job.error = FAILED, doc.get("error")
                 job.user_error, job.finished = bool(doc.get("user_error")), doc.get("finished") or time.time()
                 failed += 1
@@ -436,9 +426,11 @@ class JobStore:
                 self._jobs[job.id] = job
         for job in resumed:
             self.submit(job)
-        if resumed or failed or swept:
+        if resumed or failed or swept or done:
             log.info(
-                "restart: %d studies resumed, %d failed studies kept, %d unfinished uploads swept",
+                "restart: %d finished studies kept, %d studies resumed, %d failed studies kept, "
+                "%d unfinished uploads swept",
+                done,
                 len(resumed),
                 failed,
                 swept,
