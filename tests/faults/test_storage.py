@@ -67,3 +67,8 @@ def test_a_finished_study_keeps_its_result_not_its_upload(
         assert again["status"] == "done" and again["result"] == first["result"]
         assert client.get(f"/v1/studies/{job}/slices/5.png").status_code == 200
     assert len(diagnosed) == 1  # the restart answered from the stored result
+    (folder / "result.pkl").write_bytes(b"not a pickle")  # e.g. written by another version
+    with TestClient(make_app(diagnoser=Counting(), durable=True)) as client:
+        lost = client.get(f"/v1/studies/{job}")
+        assert lost.status_code == 500 and "could not read" in lost.json()["error"], lost.text
+    assert len(diagnosed) == 1  # never diagnosed from the header-only upload

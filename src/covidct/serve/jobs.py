@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from covidct._files import atomic_write_text
 from covidct.errors import CovidCTError
-from covidct.serve.stored import load_result, store_result
+from covidct.serve.stored import RESULT_FILE, load_result, store_result
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
@@ -409,6 +409,14 @@ class JobStore:
                 job.status, job.result = DONE, stored
                 job.started, job.finished = doc.get("started"), doc.get("finished") or time.time()
                 done += 1
+            elif status == DONE and (folder / RESULT_FILE).exists():
+                # its upload was shrunk to headers when it finished: it cannot be diagnosed again from it
+                job.status, job.user_error, job.finished = FAILED, False, time.time()
+                job.error = (
+                    "the service restarted and could not read this study's result back; upload it again"
+                )
+                self._save_state(job)
+                failed += 1
             elif status == FAILED:
                 job.status, job.error = FAILED, doc.get("error")
                 job.user_error, job.finished = bool(doc.get("user_error")), doc.get("finished") or time.time()
