@@ -38,6 +38,8 @@ from typing import Any
 
 import httpx
 
+from loadtest import folder_bytes, study_bytes
+
 ROOT = Path(__file__).resolve().parents[1]
 P001 = ROOT.parent / "shared/data/covid-ct-md/Sample data/COVID-19 subjects/P001"
 
@@ -73,14 +75,11 @@ def adopted() -> list[str]:
 
 
 def disk_mb(path: Path) -> float:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20 if path.exists() else 0.0
+    return folder_bytes(path) / 2**20
 
 
 def study_zip(study: Path | None, tmp: Path) -> bytes:
     if study is None:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from loadtest import study_bytes
-
         return study_bytes("dicom", tmp, seed=3)[1]
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
