@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test lint typecheck check clean browser lesion-model
+.PHONY: install demo test lint typecheck check clean browser pacs lesion-model
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,20 @@ browser:
 	    exit 1; \
 	  fi; }
 
-test: $(STAMP) browser
+# the DICOM node's tests run against a real PACS (Debian's Orthanc with its DICOMweb plugin) and validate
+# every object covidct writes with dciodvfy (Debian's dicom3tools)
+pacs:
+	@{ command -v Orthanc >/dev/null 2>&1 && command -v dciodvfy >/dev/null 2>&1 \
+	   && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; } || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's orthanc, orthanc-dicomweb and dicom3tools for the DICOM node tests" >&2; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb dicom3tools >/dev/null; \
+	  else \
+	    echo "make test needs Orthanc and dciodvfy for the DICOM node tests: sudo apt-get install orthanc orthanc-dicomweb dicom3tools" >&2; \
+	    exit 1; \
+	  fi; }
+
+test: $(STAMP) browser pacs
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)

@@ -23,6 +23,12 @@ CLASS_NAMES: Final[tuple[str, ...]] = ("normal", "cap", "covid19")
 #: Human names of the classes, index = ``Diagnosis`` value.
 DISPLAY_NAMES: Final[tuple[str, ...]] = ("Normal", "CAP", "COVID-19")
 NUM_CLASSES: Final[int] = len(CLASS_NAMES)
+#: SNOMED CT concept of each patient-level class, index = ``Diagnosis`` value: (code value, code meaning).
+CLASS_SNOMED: Final[tuple[tuple[str, str], ...]] = (
+    ("17621005", "Normal"),
+    ("385093006", "Community acquired pneumonia"),
+    ("840539006", "Disease caused by severe acute respiratory syndrome coronavirus 2"),
+)
 
 
 def class_index(name: str) -> int:

@@ -36,6 +36,7 @@ COMMANDS: tuple[str, ...] = (
     "readers",
     "demo",
     "serve",
+    "listen",
 )
 
 log = logging.getLogger("covidct")

@@ -147,7 +147,7 @@ def to_source_grid(mask: np.ndarray, volume: CTVolume, ds: Dataset) -> np.ndarra
     return np.ascontiguousarray(out)
 
 
-def _complete(ds: Dataset) -> Dataset:
+def complete_header(ds: Dataset) -> Dataset:
     """A copy of a source header with missing Type 2 patient/study attributes present but empty."""
     import copy
 
@@ -211,7 +211,7 @@ def write_dicom_seg(
         datasets, order = source_datasets_for(volume)
     else:
         datasets, order = list(source_datasets), np.arange(m.shape[0])
-    datasets = [_complete(ds) for ds in datasets]
+    datasets = [complete_header(ds) for ds in datasets]
     m = to_source_grid(m, volume, datasets[0])
     for ds in datasets:
         if (int(ds.Rows), int(ds.Columns)) != m.shape[1:]:
