@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,13 @@ def register(sub: Any) -> None:
         description="Segment the lungs, classify every kept slice and apply the patient rule. "
         "A research tool, not a medical device.",
     )
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="DICOM folder, zip, multi-frame file or NIfTI")
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="DICOM folder, zip, multi-frame file, NIfTI, or a DICOMweb study/series: "
+        "dicomweb+http://HOST:PORT/ROOT/studies/<StudyUID>[/series/<SeriesUID>] (fetched by WADO-RS)",
+    )
     p.add_argument(
         "--model",
         metavar="MODEL_DIR",
@@ -55,6 +63,11 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--dicom-seg", action="store_true", help="also write the lung mask as DICOM SEG")
     p.add_argument(
+        "--dicomweb-store",
+        action="store_true",
+        help="for DICOMweb inputs: send the SR, lung SEG and PDF report back to the same server by STOW-RS",
+    )
+    p.add_argument(
         "--save-mask", action="store_true", help="also write the lung mask (and lesion mask) as NIfTI"
     )
     add_lesions_argument(p)
@@ -78,9 +91,10 @@ def _is_zip(source: str) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from covidct.diagnose import Diagnoser, resolve_model_dir
+    from covidct.io.dicomweb import DicomWebRef, is_dicomweb
+    from covidct.io.dicomweb import fetch as fetch_dicomweb
+    from covidct.io.dicomweb import parse as parse_dicomweb
 
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -96,6 +110,11 @@ def run(args: argparse.Namespace) -> int:
                 f"--dicom-seg needs the DICOM files on disk, but {zips[0]} is a zip: extract it and pass "
                 "the folder, or leave out --dicom-seg"
             )
+    web = {s: parse_dicomweb(s) for s in args.inputs if is_dicomweb(s)}  # bad URLs fail before any work
+    if args.dicomweb_store and not web:
+        raise ConfigError(
+            "--dicomweb-store sends results back to a DICOMweb server: give a dicomweb+http:// input"
+        )
     progress = show_progress(args.no_progress)
     diagnoser = Diagnoser(
         resolve_model_dir(args.model),
@@ -108,27 +127,57 @@ def run(args: argparse.Namespace) -> int:
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
+    stack = contextlib.ExitStack()
+    fetched: dict[str, tuple[str, DicomWebRef]] = {}  # local folder -> (URL, where it lives)
+    inputs: list[str] = []
+    for source in args.inputs:
+        if source in web:
+            folder = fetch_dicomweb(
+                web[source], stack.enter_context(tempfile.TemporaryDirectory(prefix="covidct-wado-"))
+            )
+            fetched[str(folder)] = (source, web[source])
+            source = str(folder)
+        inputs.append(source)
+    with stack:
+        return _diagnose_all(diagnoser, inputs, fetched, args, out_dir, progress)
+
+
+def _diagnose_all(
+    diagnoser: Any,
+    inputs: list[str],
+    fetched: dict[str, tuple[str, Any]],
+    args: argparse.Namespace,
+    out_dir: Path | None,
+    progress: bool,
+) -> int:
+    from tqdm import tqdm
+
     failures = 0
-    bar = tqdm(
-        total=len(args.inputs), desc="studies", unit="study", disable=not progress or len(args.inputs) < 2
-    )
+    bar = tqdm(total=len(inputs), desc="studies", unit="study", disable=not progress or len(inputs) < 2)
     used_stems: set[str] = set()
     # several studies: the next one is read while the current one is computed
     if args.series is not None:  # read here with the series asked for, one study after the other
-        outcomes: Any = (_one(diagnoser, source, progress, series=args.series) for source in args.inputs)
-    elif len(args.inputs) > 1:
-        outcomes = diagnoser.diagnose_many(args.inputs)
+        outcomes: Any = (_one(diagnoser, source, progress, series=args.series) for source in inputs)
+    elif len(inputs) > 1:
+        outcomes = diagnoser.diagnose_many(inputs)
     else:
-        outcomes = iter([_one(diagnoser, args.inputs[0], progress)])
-    for source, result, error in outcomes:
+        outcomes = iter([_one(diagnoser, inputs[0], progress)])
+    for local, result, error in outcomes:
         bar.update(1)
+        url, ref = fetched.get(str(local), (None, None))
+        source = url or local
         if error is not None:
             if not isinstance(error, CovidCTError):
                 raise error
             failures += 1
-            tqdm.write(f"{source}: FAILED: {error}", file=sys.stderr)
+            message = str(error).replace(str(local), "the retrieved study") if url else str(error)
+            tqdm.write(f"{source}: FAILED: {message}", file=sys.stderr)
+            if ref is not None and args.dicomweb_store:
+                _store_back(ref, Path(local), None, message, diagnoser)
             continue
         assert result is not None  # an outcome holds a result or an error
+        if url is not None:
+            result.input = url
         doc = study_document(result)
         d = result.decision
         tqdm.write(
@@ -137,9 +186,11 @@ def run(args: argparse.Namespace) -> int:
         )
         if args.json:
             print(json.dumps(doc, allow_nan=False))
+        if ref is not None and args.dicomweb_store:
+            _store_back(ref, Path(local), result, None, diagnoser)
         if out_dir is None:
             continue
-        stem = study_stem(str(source))
+        stem = ref.name if ref is not None else study_stem(str(source))
         while stem in used_stems:
             stem += "_"
         used_stems.add(stem)
@@ -147,9 +198,23 @@ def run(args: argparse.Namespace) -> int:
         _write_extras(result, out_dir, stem, args, diagnoser)
     bar.close()
     if failures:
-        print(f"covidct diagnose: {failures} of {len(args.inputs)} studies failed", file=sys.stderr)
+        print(f"covidct diagnose: {failures} of {len(inputs)} studies failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _store_back(ref: Any, folder: Path, result: Any, reason: str | None, diagnoser: Any) -> None:
+    """Send the SR, SEG and PDF (or, for a study that failed, the SR saying why) back by STOW-RS."""
+    from covidct.report.dicom_sr import write_failure, write_results
+    from covidct.serve.dicom_send import stow_rs
+
+    with tempfile.TemporaryDirectory(prefix="covidct-stow-") as tmp:
+        if result is None:
+            paths = [write_failure(sorted(folder.glob("*.dcm")), reason or "not diagnosed", Path(tmp))]
+        else:
+            paths = write_results(result, Path(tmp), explainer_source=diagnoser)
+        stow_rs(paths, ref.root)
+    print(f"{len(paths)} result objects stored back by STOW-RS", file=sys.stderr)
 
 
 def add_lesions_argument(p: Any) -> None:

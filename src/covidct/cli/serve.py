@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from covidct.cli.diagnose import add_lesions_argument, lesion_model_of
+from covidct.cli.listen import add_node_arguments, node_settings
 from covidct.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--device", default="cpu", help="torch device for the models (cpu)")
     p.add_argument("--backend", default="auto", help="classifier inference backend (auto)")
     add_lesions_argument(p)
+    add_node_arguments(p, prefix="dicom-")
     p.set_defaults(func=run)
 
 
@@ -132,6 +134,29 @@ def run(args: argparse.Namespace) -> int:
         lesion_model=lesion_model_of(args.lesions),
     )
     app = create_app(diagnoser, settings=settings)
+    node = None
+    if args.dicom_port is not None:
+        from covidct.serve.dicom_node import DicomNode, diagnose_through_jobs
+        from covidct.serve.node_store import NodeStore
+
+        node_dir = args.store or Path(args.work_dir or ".") / "covidct-node"
+        node = DicomNode(
+            diagnose_through_jobs(app.state.store),
+            NodeStore(node_dir),
+            node_settings(args, port=args.dicom_port, host=args.host),
+            model=diagnoser.pipeline.identity.to_json(),
+            explainer_source=diagnoser,
+        )
+        try:
+            node.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot listen for DICOM on port {args.dicom_port} ({exc}); choose another --dicom-port"
+            ) from exc
     log.info("covidct serve: http://%s:%d/ (API docs at /docs)", args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    finally:
+        if node is not None:
+            node.stop()
     return 0

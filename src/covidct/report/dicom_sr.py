@@ -225,3 +225,36 @@ def build_encapsulated_pdf(pdf: bytes, source: Dataset, *, title: str = "covidct
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.file_meta = meta
     return ds
+
+
+def _source_headers(files: Sequence[Path]) -> list[Any]:
+    import pydicom
+
+    from covidct.report.dicom_seg import complete_header
+
+    return [complete_header(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+
+
+def write_results(result: StudyResult, out: Path, *, explainer_source: Any | None = None) -> list[Path]:
+    """The lung SEG, the SR that references it, and the PDF report as Encapsulated PDF, in ``out``."""
+    import tempfile
+
+    import pydicom
+
+    from covidct.report.dicom_seg import complete_header, source_datasets_for, write_dicom_seg
+    from covidct.report.pdf import write_pdf
+
+    seg_path = write_dicom_seg(result, result.mask, out / "seg.dcm")
+    seg = pydicom.dcmread(seg_path)
+    sources = [complete_header(ds) for ds in source_datasets_for(result.volume)[0]]
+    sr_path = write_dataset(build_sr(result, seg, sources), out / "sr.dcm")
+    with tempfile.TemporaryDirectory(prefix="covidct-pdf-") as tmp:
+        pdf = write_pdf(result, Path(tmp) / "report.pdf", diagnoser=explainer_source).read_bytes()
+    pdf_path = write_dataset(build_encapsulated_pdf(pdf, sources[0]), out / "report-pdf.dcm")
+    return [sr_path, seg_path, pdf_path]
+
+
+def write_failure(files: Sequence[Path], reason: str, out: Path) -> Path:
+    """The short SR of a series that could not be diagnosed."""
+
+    return write_dataset(build_failure_sr(_source_headers(files), reason), out / "sr-not-diagnosed.dcm")

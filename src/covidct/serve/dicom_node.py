@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from covidct.errors import CovidCTError
+from covidct.report.dicom_sr import write_failure, write_results
 from covidct.serve.dicom_send import Destination, SendError, c_store, stow_rs
 from covidct.serve.node_store import NodeStore, series_key
 
@@ -299,36 +300,32 @@ class DicomNode:
                 raise
 
 
-def _source_headers(files: Sequence[Path]) -> list[Any]:
-    import pydicom
+def diagnose_through_jobs(store: Any, *, retry_s: float = 2.0) -> Callable[[Path], StudyResult]:
+    """A ``diagnose`` for :class:`DicomNode` that goes through ``covidct serve``'s job queue (``JobStore``),
+    so series received by DICOM show in the viewer like uploads and share the service's workers and limits."""
+    import shutil
 
-    from covidct.report.dicom_seg import complete_header
+    from covidct.errors import InputError
+    from covidct.serve.jobs import DONE, QueueFull
 
-    return [complete_header(pydicom.dcmread(f, stop_before_pixels=True)) for f in files]
+    def diagnose(folder: Path) -> StudyResult:
+        while True:
+            try:
+                job = store.create()
+                break
+            except QueueFull:  # the node's worker waits; the PACS already holds its success statuses
+                time.sleep(retry_s)
+        dest = job.dir / "input"
+        shutil.copytree(folder, dest)
+        job.source, job.kind = dest, "dicom node"
+        store.submit(job)
+        if job.future is not None:
+            job.future.result()
+        if job.status != DONE or job.result is None:
+            if job.user_error:
+                raise InputError(job.error or "not diagnosed")
+            raise RuntimeError(job.error or "the service failed to diagnose the series")
+        log.info("series diagnosed as job %s", job.id)
+        return job.result
 
-
-def write_results(result: StudyResult, out: Path, *, explainer_source: Any | None = None) -> list[Path]:
-    """The lung SEG, the SR that references it, and the PDF report as Encapsulated PDF, in ``out``."""
-    import tempfile
-
-    import pydicom
-
-    from covidct.report.dicom_seg import complete_header, source_datasets_for, write_dicom_seg
-    from covidct.report.dicom_sr import build_encapsulated_pdf, build_sr, write_dataset
-    from covidct.report.pdf import write_pdf
-
-    seg_path = write_dicom_seg(result, result.mask, out / "seg.dcm")
-    seg = pydicom.dcmread(seg_path)
-    sources = [complete_header(ds) for ds in source_datasets_for(result.volume)[0]]
-    sr_path = write_dataset(build_sr(result, seg, sources), out / "sr.dcm")
-    with tempfile.TemporaryDirectory(prefix="covidct-pdf-") as tmp:
-        pdf = write_pdf(result, Path(tmp) / "report.pdf", diagnoser=explainer_source).read_bytes()
-    pdf_path = write_dataset(build_encapsulated_pdf(pdf, sources[0]), out / "report-pdf.dcm")
-    return [sr_path, seg_path, pdf_path]
-
-
-def write_failure(files: Sequence[Path], reason: str, out: Path) -> Path:
-    """The short SR of a series that could not be diagnosed."""
-    from covidct.report.dicom_sr import build_failure_sr, write_dataset
-
-    return write_dataset(build_failure_sr(_source_headers(files), reason), out / "sr-not-diagnosed.dcm")
+    return diagnose

@@ -1,8 +1,10 @@
-"""A real Orthanc (Debian's package) on loopback ports with a throw-away configuration, for the node tests."""
+"""Helpers of the node tests: a real Orthanc (Debian's package) on loopback ports with a throw-away
+configuration, and dciodvfy."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
@@ -127,3 +130,17 @@ def running_orthanc(folder: Path) -> Iterator[Orthanc]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+def dicom_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() == ".dcm")
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    """The ``Error`` lines dciodvfy (Debian dicom3tools) prints for a file; fails the test when it is absent."""
+    if shutil.which("dciodvfy") is None:
+        if os.environ.get("COVIDCT_REQUIRE_SHARED_DATA") == "1":
+            pytest.fail("dciodvfy is missing (apt-get install dicom3tools); CI must validate the objects")
+        pytest.skip("dciodvfy not installed (apt-get install dicom3tools)")
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")]
