@@ -479,6 +479,13 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
             {"id": job.id, "status": job.status, "url": f"/v1/studies/{job.id}"}, status_code=202
         )
 
+    @app.get("/v1/studies", dependencies=auth, tags=["studies"])
+    def list_studies() -> JSONResponse:
+        """Every study the service holds, newest first: id, status, times, and how it came (``kind``: the
+        upload's format, or ``dicom node`` for series received by ``--dicom-port``)."""
+        jobs = sorted(store.jobs(), key=lambda j: j.created, reverse=True)
+        return JSONResponse(json_safe([{**j.summary(), "kind": j.kind} for j in jobs]))
+
     @app.get("/v1/studies/{job_id}", dependencies=auth, tags=["studies"])
     def get_study(job_id: str) -> JSONResponse:
         """Status of a study; when done, its result (``StudyResult.to_json()``) under ``result``."""

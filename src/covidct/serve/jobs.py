@@ -255,6 +255,11 @@ class JobStore:
         with self._lock:
             return self._jobs.get(job_id)
 
+    def jobs(self) -> list[Job]:
+        """A snapshot of every job held."""
+        with self._lock:
+            return list(self._jobs.values())
+
     def pending(self) -> int:
         """Jobs queued or running."""
         return sum(1 for j in list(self._jobs.values()) if j.status in (QUEUED, RUNNING))
