@@ -61,7 +61,11 @@ def register(sub: Any) -> None:
         default=[],
         help="also write a report per study (self-contained HTML, or PDF); may be repeated",
     )
-    p.add_argument("--dicom-seg", action="store_true", help="also write the lung mask as DICOM SEG")
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="also write the lung mask as DICOM SEG (and the lesion mask, when lesions are segmented)",
+    )
     p.add_argument(
         "--dicomweb-store",
         action="store_true",
@@ -287,3 +291,7 @@ def _write_extras(result: Any, out_dir: Path, stem: str, args: argparse.Namespac
         from covidct.report.dicom_seg import write_dicom_seg
 
         write_dicom_seg(result.volume, result.mask, out_dir / f"{stem}_seg.dcm")
+        if result.lesions is not None:
+            write_dicom_seg(
+                result.volume, result.lesions, out_dir / f"{stem}_lesions_seg.dcm", kind="lesions"
+            )

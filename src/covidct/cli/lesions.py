@@ -40,6 +40,12 @@ def register(sub: Any) -> None:
         default="all",
         help="image folders: only the fifth held out from training ('val', by image name), the rest, or all",
     )
+    p.add_argument(
+        "--dicom-seg",
+        action="store_true",
+        help="studies read from DICOM: also write OUT/<study>_lesions_seg.dcm, a DICOM SEG with one segment "
+        "per lesion type (ground glass DCM 112120, consolidation SNOMED CT 95436008)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document with every input's figures")
     p.add_argument("--workers", type=int, default=None, help="DICOM decoding processes (default: automatic)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -109,6 +115,13 @@ def run(args: argparse.Namespace) -> int:
                 nifti = out / f"{stem}_lesions.nii.gz"
                 result.volume.save(nifti, array=result.lesions)
                 doc = {"kind": "study", "mask": str(nifti), **result.to_json()}
+                if args.dicom_seg:
+                    from covidct.report.dicom_seg import write_dicom_seg
+
+                    seg = write_dicom_seg(
+                        result.volume, result.lesions, out / f"{stem}_lesions_seg.dcm", kind="lesions"
+                    )
+                    doc["dicom_seg"] = str(seg)
                 atomic_write_text(
                     out / f"{stem}_lesions.json", json.dumps(json_safe(doc), indent=1, allow_nan=False)
                 )

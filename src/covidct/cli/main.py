@@ -66,7 +66,15 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose < 2:
-        for noisy in ("pydicom", "PIL", "matplotlib", "urllib3", "highdicom"):
+        for noisy in (
+            "pydicom",
+            "PIL",
+            "matplotlib",
+            "urllib3",
+            "highdicom",
+            "pynetdicom",
+            "dicomweb_client",
+        ):
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

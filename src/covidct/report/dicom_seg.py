@@ -46,6 +46,33 @@ _TYPE2_KEYWORDS: tuple[str, ...] = (
 )
 #: SNOMED CT "Anatomical Structure", the segmented property category of both segments.
 CATEGORY: tuple[str, str] = ("123037004", "Anatomical Structure")
+#: (segment number, label, coding scheme, code value, code meaning) of the lesion segments: ground glass
+#: opacity from DICOM CID 6104 (Abnormal Opacity Finding), consolidation from SNOMED CT.
+LESION_SEGMENTS: tuple[tuple[int, str, str, str, str], ...] = (
+    (1, "Ground glass opacity", "DCM", "112120", "Ground glass opacity"),
+    (2, "Consolidation", "SCT", "95436008", "Lung consolidation"),
+)
+#: SNOMED CT "Morphologically Abnormal Structure", the category of the lesion segments.
+LESION_CATEGORY: tuple[str, str] = ("49755003", "Morphologically Abnormal Structure")
+#: What each kind of SEG holds: its segments, category, and the series description and content label.
+KINDS: dict[str, dict[str, Any]] = {
+    "lungs": {
+        "segments": tuple((n, label, "SCT", code, meaning) for n, label, code, meaning in SEGMENTS),
+        "category": CATEGORY,
+        "label": "LUNGS",
+        "description": "Right and left lung (automatic, research use only)",
+        "series": "covidct lung mask (research use only)",
+        "algorithm": "covidct lung segmentation",
+    },
+    "lesions": {
+        "segments": LESION_SEGMENTS,
+        "category": LESION_CATEGORY,
+        "label": "LESIONS",
+        "description": "Ground glass and consolidation (automatic, research use only)",
+        "series": "covidct lesions (research use only)",
+        "algorithm": "covidct lesion segmentation",
+    },
+}
 
 
 def _split_source(source: str) -> tuple[str, int | None]:
@@ -160,27 +187,28 @@ def complete_header(ds: Dataset) -> Dataset:
     return out
 
 
-def _segment_descriptions() -> list[Any]:
+def _segment_descriptions(kind: str = "lungs") -> list[Any]:
     import highdicom as hd
     from pydicom.sr.codedict import codes
     from pydicom.sr.coding import Code
 
+    spec = KINDS[kind]
     algorithm = hd.AlgorithmIdentificationSequence(
-        name="covidct lung segmentation", family=codes.cid7162.ArtificialIntelligence, version=__version__
+        name=spec["algorithm"], family=codes.cid7162.ArtificialIntelligence, version=__version__
     )
-    category = Code(CATEGORY[0], "SCT", CATEGORY[1])
+    category = Code(spec["category"][0], "SCT", spec["category"][1])
     return [
         hd.seg.SegmentDescription(
             segment_number=number,
             segment_label=label,
             segmented_property_category=category,
-            segmented_property_type=Code(code, "SCT", meaning),
+            segmented_property_type=Code(code, scheme, meaning),
             algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
             algorithm_identification=algorithm,
             tracking_uid=hd.UID(),
             tracking_id=label,
         )
-        for number, label, code, meaning in SEGMENTS
+        for number, label, scheme, code, meaning in spec["segments"]
     ]
 
 
@@ -190,9 +218,13 @@ def write_dicom_seg(
     out_path: str | Path,
     *,
     source_datasets: Sequence[Dataset] | None = None,
-    series_number: int = 901,
+    series_number: int | None = None,
+    kind: str = "lungs",
 ) -> Path:
     """Write ``mask`` (uint8 (z, y, x), 0 bg / 1 right / 2 left) as a DICOM SEG for ``volume``'s series.
+
+    ``kind="lesions"``: ``mask`` is a lesion mask (0 bg / 1 ground glass / 2 consolidation), written with
+    the :data:`LESION_SEGMENTS` (series 904 unless ``series_number`` is given; the lung SEG is 901).
 
     ``volume`` may also be a ``StudyResult`` (its ``.volume`` is used). ``source_datasets`` (the source
     headers, in the volume's slice order, or one multi-frame dataset) are read from
@@ -200,13 +232,18 @@ def write_dicom_seg(
     """
     import highdicom as hd
 
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    spec = KINDS[kind]
+    if series_number is None:
+        series_number = 901 if kind == "lungs" else 904
     if hasattr(volume, "volume") and hasattr(volume, "decision"):
         volume = volume.volume
     m = np.asarray(mask)
     if m.shape != tuple(volume.shape):
         raise ValueError(f"mask shape {m.shape} does not match volume shape {volume.shape}")
     if m.size and (m.min() < 0 or m.max() > 2):
-        raise ValueError(f"mask values must be 0, 1 or 2 (bg/right/left), found {np.unique(m)[:8].tolist()}")
+        raise ValueError(f"mask values must be 0, 1 or 2, found {np.unique(m)[:8].tolist()}")
     if source_datasets is None:
         datasets, order = source_datasets_for(volume)
     else:
@@ -224,31 +261,33 @@ def write_dicom_seg(
         source_images=datasets,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=_segment_descriptions(),
+        segment_descriptions=_segment_descriptions(kind),
         series_instance_uid=hd.UID(),
         series_number=series_number,
         sop_instance_uid=hd.UID(),
         instance_number=1,
         manufacturer="covidct",
-        manufacturer_model_name="covidct lung segmentation",
+        manufacturer_model_name=spec["algorithm"],
         software_versions=__version__,
         device_serial_number="none",
-        content_label="LUNGS",
-        content_description="Right and left lung (automatic, research use only)",
-        series_description="covidct lung mask (research use only)",
+        content_label=spec["label"],
+        content_description=spec["description"],
+        series_description=spec["series"],
         omit_empty_frames=False,
     )
 
     def save_and_verify(tmp: Path) -> None:
         seg.save_as(tmp)
-        verify_dicom_seg(tmp, frames, datasets)
+        verify_dicom_seg(tmp, frames, datasets, segments=len(spec["segments"]))
 
     out = atomic_write(out_path, save_and_verify)
-    log.debug("wrote DICOM SEG %s (%d frames)", out.name, frames.shape[0] * len(SEGMENTS))
+    log.debug("wrote DICOM SEG %s (%d frames)", out.name, frames.shape[0] * len(spec["segments"]))
     return out
 
 
-def verify_dicom_seg(path: str | Path, frames: np.ndarray, source_datasets: Sequence[Dataset]) -> None:
+def verify_dicom_seg(
+    path: str | Path, frames: np.ndarray, source_datasets: Sequence[Dataset], *, segments: int = len(SEGMENTS)
+) -> None:
     """Re-read a SEG and check it holds every frame and exactly ``frames`` (label map in source order).
 
     Raises ``RuntimeError`` naming the difference.
@@ -256,7 +295,7 @@ def verify_dicom_seg(path: str | Path, frames: np.ndarray, source_datasets: Sequ
     import highdicom as hd
 
     seg = hd.seg.segread(str(path))
-    expected = int(frames.shape[0]) * len(SEGMENTS)
+    expected = int(frames.shape[0]) * segments
     got = int(getattr(seg, "NumberOfFrames", 1))
     if got != expected:
         raise RuntimeError(f"{path}: the SEG has {got} frames, expected {expected} (frames were dropped)")

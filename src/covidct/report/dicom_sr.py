@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from covidct import __version__
 from covidct._files import atomic_write
 from covidct.registry import CLASS_NAMES, CLASS_SNOMED, DISPLAY_NAMES
@@ -236,7 +238,8 @@ def _source_headers(files: Sequence[Path]) -> list[Any]:
 
 
 def write_results(result: StudyResult, out: Path, *, explainer_source: Any | None = None) -> list[Path]:
-    """The lung SEG, the SR that references it, and the PDF report as Encapsulated PDF, in ``out``."""
+    """The SR, the lung SEG it references, the PDF report as Encapsulated PDF and, when the result has lesions,
+    the lesion SEG, in ``out``."""
     import tempfile
 
     import pydicom
@@ -251,7 +254,11 @@ def write_results(result: StudyResult, out: Path, *, explainer_source: Any | Non
     with tempfile.TemporaryDirectory(prefix="covidct-pdf-") as tmp:
         pdf = write_pdf(result, Path(tmp) / "report.pdf", diagnoser=explainer_source).read_bytes()
     pdf_path = write_dataset(build_encapsulated_pdf(pdf, sources[0]), out / "report-pdf.dcm")
-    return [sr_path, seg_path, pdf_path]
+    paths = [sr_path, seg_path, pdf_path]
+    if result.lesions is not None:
+        lesions = np.asarray(result.lesions, dtype=np.uint8)
+        paths.append(write_dicom_seg(result, lesions, out / "lesion-seg.dcm", kind="lesions"))
+    return paths
 
 
 def write_failure(files: Sequence[Path], reason: str, out: Path) -> Path:

@@ -252,24 +252,32 @@ class DicomNode:
         t0 = time.perf_counter()
         folder = self.store.series_dir(series_uid)
         out = self.store.results_dir(series_uid, self.model_hash)
+        record: dict[str, Any] = {}
         try:
             result = self._diagnose(folder)
         except CovidCTError as exc:
             reason = str(exc).replace(str(folder), "the received series")
             log.info("series %s (%d instances): not diagnosed (%s)", key, len(files), type(exc).__name__)
+            record["diagnose_s"] = round(time.perf_counter() - t0, 3)
+            t1 = time.perf_counter()
             paths = [write_failure(files, reason, out)]
-            record: dict[str, Any] = {"diagnosis": None, "reason": reason}
+            record.update(diagnosis=None, reason=reason)
         else:
+            record["diagnose_s"] = round(time.perf_counter() - t0, 3)
+            t1 = time.perf_counter()
             paths = write_results(result, out, explainer_source=self._explainer_source)
-            record = {"diagnosis": result.diagnosis, "branch": result.decision.branch}
+            record.update(diagnosis=result.diagnosis, branch=result.decision.branch)
             log.info(
                 "series %s (%d instances): %s in %.1f s",
                 key,
                 len(files),
                 result.diagnosis,
-                time.perf_counter() - t0,
+                record["diagnose_s"],
             )
+        record["outputs_s"] = round(time.perf_counter() - t1, 3)
+        t2 = time.perf_counter()
         self._send(paths, key)
+        record["send_s"] = round(time.perf_counter() - t2, 3)
         record.update(
             series=key, instances=len(files), objects=[p.name for p in paths], model=self.model_hash
         )
