@@ -71,3 +71,17 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str, *, encoding: str = "utf-8") -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding=encoding))
+
+
+#: Suffixes removed from an input's name to name its outputs (double suffixes first).
+STUDY_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
+
+
+def study_stem(path: str | Path) -> str:
+    """A file-name-safe name for a study's outputs, from its path (``scans/p1.nii.gz`` -> ``p1``)."""
+    name = Path(str(path).rstrip("/")).name or "study"
+    for suffix in STUDY_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"

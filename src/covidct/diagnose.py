@@ -83,6 +83,16 @@ class StudyResult:
         return doc
 
 
+def study_document(result: StudyResult) -> dict[str, Any]:
+    """The per-study JSON: ``result.to_json()`` plus how the input was read (``series_choice``: the series
+    chosen and those left out, when the input held several; no identifiers)."""
+    doc: dict[str, Any] = result.to_json()
+    extra = getattr(getattr(result.volume, "meta", None), "extra", None) or {}
+    if extra.get("series_choice") is not None:
+        doc["series_choice"] = extra["series_choice"]
+    return doc
+
+
 class Outcome(NamedTuple):
     """One study of :meth:`Diagnoser.diagnose_many`: its source and either the result or the error."""
 

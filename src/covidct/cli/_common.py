@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from covidct._files import STUDY_SUFFIXES, study_stem  # re-exported for the commands
 from covidct.errors import ConfigError
 
 __all__ = [
@@ -18,19 +19,6 @@ __all__ = [
     "show_progress",
     "study_stem",
 ]
-
-#: Suffixes removed from an input's name to name its outputs (double suffixes first).
-STUDY_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii", ".zip", ".nrrd", ".nhdr", ".mha", ".mhd", ".dcm")
-
-
-def study_stem(path: str | Path) -> str:
-    """A file-name-safe name for a study's outputs, from its path (``scans/p1.nii.gz`` -> ``p1``)."""
-    name = Path(str(path).rstrip("/")).name or "study"
-    for suffix in STUDY_SUFFIXES:
-        if name.lower().endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "study"
 
 
 def add_series_argument(p: Any) -> None:

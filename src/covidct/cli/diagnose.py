@@ -26,7 +26,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
         help="DICOM folder, zip, multi-frame file, NIfTI, or a DICOMweb study/series: "
         "dicomweb+http://HOST:PORT/ROOT/studies/<StudyUID>[/series/<SeriesUID>] (fetched by WADO-RS)",
@@ -75,6 +75,34 @@ def register(sub: Any) -> None:
         "--save-mask", action="store_true", help="also write the lung mask (and lesion mask) as NIfTI"
     )
     add_lesions_argument(p)
+    cohort = p.add_argument_group(
+        "cohorts",
+        "many studies into OUT/<case>.json and one table, OUT/results.csv (and .parquet with pyarrow); "
+        "a study that fails is a row with its error",
+    )
+    cohort.add_argument(
+        "--manifest",
+        metavar="CSV",
+        help="studies to diagnose: a CSV with a path column, optional case and truth",
+    )
+    cohort.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default=None,
+        help="local (this process) or ray (Ray Data; pip install 'covidct[ray]')",
+    )
+    cohort.add_argument(
+        "--ray-address", metavar="ADDR", help="join this Ray cluster (default: start a local one)"
+    )
+    cohort.add_argument(
+        "--gpus-per-worker", type=float, default=0.0, help="GPUs per model actor on Ray (0: CPU actors)"
+    )
+    cohort.add_argument(
+        "--cpu-workers", type=int, default=None, help="CPU model actors on Ray (default CPUs/4)"
+    )
+    cohort.add_argument(
+        "--resume", action="store_true", help="skip studies whose OUT/<case>.json was made by the same model"
+    )
     p.add_argument("--show-phi", action="store_true", help="allow patient name/ID in reports")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_series_argument(p)
@@ -114,6 +142,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--dicom-seg needs the DICOM files on disk, but {zips[0]} is a zip: extract it and pass "
                 "the folder, or leave out --dicom-seg"
             )
+    if args.manifest or args.engine or args.resume:
+        return _run_cohort(args)
+    if not args.inputs:
+        raise ConfigError("give at least one study (or --manifest CSV)")
     web = {s: parse_dicomweb(s) for s in args.inputs if is_dicomweb(s)}  # bad URLs fail before any work
     if args.dicomweb_store and not web:
         raise ConfigError(
@@ -182,6 +214,8 @@ def _diagnose_all(
         assert result is not None  # an outcome holds a result or an error
         if url is not None:
             result.input = url
+        from covidct.diagnose import study_document
+
         doc = study_document(result)
         d = result.decision
         tqdm.write(
@@ -205,6 +239,46 @@ def _diagnose_all(
         print(f"covidct diagnose: {failures} of {len(inputs)} studies failed", file=sys.stderr)
         return 1
     return 0
+
+
+def _run_cohort(args: argparse.Namespace) -> int:
+    from covidct.cohort import diagnose_cohort, read_study_list, studies_from_inputs
+    from covidct.diagnose import resolve_model_dir
+
+    if args.output is None:
+        raise ConfigError("a cohort run (--manifest, --engine, --resume) writes a folder: give it with -o")
+    if args.manifest and args.inputs:
+        raise ConfigError("give studies either as arguments or with --manifest, not both")
+    if args.report or args.dicom_seg or args.save_mask or args.dicomweb_store or args.series or args.lesions:
+        raise ConfigError(
+            "--report, --dicom-seg, --save-mask, --dicomweb-store, --series and --lesions are per-study options; "
+            "a cohort run writes the per-study JSON and the results table"
+        )
+    studies = read_study_list(args.manifest) if args.manifest else studies_from_inputs(args.inputs)
+    if not studies:
+        raise ConfigError("no studies given: pass them as arguments or with --manifest CSV")
+    out = Path(args.output)
+    check_output_folder(out, what="-o")
+    summary = diagnose_cohort(
+        studies,
+        resolve_model_dir(args.model),
+        out,
+        engine=args.engine or "local",
+        resume=args.resume,
+        progress=show_progress(args.no_progress),
+        ray_address=args.ray_address,
+        gpus_per_worker=args.gpus_per_worker,
+        cpu_workers=args.cpu_workers,
+        device=args.device,
+        backend=args.backend,
+        batch_size=args.batch_size,
+    )
+    print(
+        f"covidct diagnose: {summary.done} diagnosed, {summary.skipped} kept from before, {summary.failed} failed "
+        f"in {summary.seconds:.1f} s; table: {', '.join(str(t) for t in summary.tables)}",
+        file=sys.stderr,
+    )
+    return 1 if summary.failed else 0
 
 
 def _store_back(ref: Any, folder: Path, result: Any, reason: str | None, diagnoser: Any) -> None:
@@ -241,16 +315,6 @@ def lesion_model_of(choice: str | None) -> str | Path | None:
     from covidct.lesions.api import resolve_lesion_dir
 
     return resolve_lesion_dir(None)
-
-
-def study_document(result: Any) -> dict[str, Any]:
-    """The per-study JSON: ``result.to_json()`` plus how the input was read (``series_choice``: the series
-    chosen and those left out, when the input held several; no identifiers)."""
-    doc: dict[str, Any] = result.to_json()
-    extra = getattr(getattr(result.volume, "meta", None), "extra", None) or {}
-    if extra.get("series_choice") is not None:
-        doc["series_choice"] = extra["series_choice"]
-    return doc
 
 
 def _one(diagnoser: Any, source: str, progress: bool, *, series: str | None = None) -> Any:

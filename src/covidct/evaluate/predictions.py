@@ -11,6 +11,8 @@ The predictions CSV (UTF-8, header row, comma-separated)::
   (``-1`` = slice not classified), used for the Table 2 ablation.
 - ``slice_truth``: optional per-slice truth labels, same format (``-1`` = no label), for slice-level metrics.
 - ``time_s``: optional diagnosis time of the study in seconds.
+- ``error``: optional; a row with an error (a study that could not be diagnosed, as in the ``results.csv`` of a
+  cohort run) is left out of the scores, and how many were left out is logged.
 
 Reader CSVs (``covidct readers``) use the same parser with ``case,prediction,time_s`` (see ``readers.py``).
 """
@@ -18,6 +20,7 @@ Reader CSVs (``covidct readers``) use the same parser with ``case,prediction,tim
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ import numpy as np
 
 from covidct.errors import InputError
 from covidct.registry import CLASS_NAMES, class_index
+
+log = logging.getLogger(__name__)
 
 __all__ = ["PredictionRecord", "parse_class", "read_predictions", "to_records"]
 
@@ -104,6 +109,8 @@ def read_predictions(path: str | Path, *, require_truth: bool = True) -> list[Pr
             f"{path}, line 1: give all of {','.join(PROB_COLUMNS)} or none (found {present_probs})"
         )
     col = {name: header.index(name) for name in KNOWN_COLUMNS if name in header}
+    error_col = header.index("error") if "error" in header else None
+    failed = 0
     records: list[PredictionRecord] = []
     seen: dict[str, int] = {}
     for lineno, row in enumerate(rows[1:], start=2):
@@ -114,6 +121,9 @@ def read_predictions(path: str | Path, *, require_truth: bool = True) -> list[Pr
                 f"{path}, line {lineno}: {len(row)} fields but the header has {len(header)}; quote fields "
                 "that contain commas"
             )
+        if error_col is not None and row[error_col].strip():
+            failed += 1
+            continue
         cells = {name: row[i].strip() for name, i in col.items()}
         case = cells["case"]
         if not case:
@@ -124,8 +134,12 @@ def read_predictions(path: str | Path, *, require_truth: bool = True) -> list[Pr
             )
         seen[case] = lineno
         records.append(_parse_row(path, lineno, cells, require_truth))
+    if failed:
+        log.warning("%s: %d studies with an error are left out of the scores", path.name, failed)
     if not records:
-        raise InputError(f"{path}: no data rows after the header")
+        raise InputError(
+            f"{path}: no data rows after the header" + (f" ({failed} rows have an error)" if failed else "")
+        )
     return records
 
 
