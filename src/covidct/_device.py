@@ -10,6 +10,8 @@ def check_device(device: str, *, what: str = "covidct") -> str:
 
     ``what`` names the part that runs on it in the message for a device type other than cpu or cuda.
     """
+    if device == "cpu":  # always there; no need to import torch to say so
+        return device
     import torch
 
     try:

@@ -24,6 +24,7 @@ raises :class:`covidct.errors.ModelError` naming the file and what does not matc
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -69,18 +70,16 @@ def default_rule() -> dict[str, float]:
 
 
 def software_versions() -> dict[str, str]:
-    """Versions of the packages that shape a model's numbers."""
+    """Versions of the packages that shape a model's numbers (read from the installed metadata: importing
+    torch or MONAI just to name their versions would cost the torch-free path its start-up)."""
+    from importlib.metadata import PackageNotFoundError, version
+
     import numpy
-    import torch
 
-    out = {"covidct": __version__, "python": platform.python_version(), "torch": torch.__version__}
-    out["numpy"] = numpy.__version__
-    try:
-        import monai
-
-        out["monai"] = str(monai.__version__)
-    except ImportError:  # pragma: no cover - monai is a dependency
-        pass
+    out = {"covidct": __version__, "python": platform.python_version()}
+    for dist in ("torch", "numpy", "monai", "onnxruntime"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[dist] = numpy.__version__ if dist == "numpy" else version(dist)
     return out
 
 

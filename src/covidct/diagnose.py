@@ -7,6 +7,7 @@ The ``Diagnoser`` (load the bundles once, diagnose many studies) lives here too.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from covidct.errors import ConfigError, NotChestCTError
+from covidct.errors import ConfigError, ModelError, NotChestCTError
 from covidct.registry import CLASS_NAMES
 
 if TYPE_CHECKING:
@@ -184,6 +185,8 @@ def default_batch_size(device: str) -> int:
     return DEFAULT_BATCH_SIZE["cuda" if device.startswith("cuda") else "cpu"]
 
 
+#: ``Diagnoser.backend`` (and ``model.backend`` in results) of the torch-free path.
+TORCH_FREE: str = "onnxruntime (torch-free)"
 #: Backends that need calibration slices (int8 quantisation, or the agreement check of auto-reduced).
 CALIBRATED_BACKENDS: tuple[str, ...] = ("onnx-int8", "openvino-int8", "auto-reduced")
 #: At most this many of a study's kept slices (evenly spaced) calibrate a backend lazily.
@@ -219,8 +222,8 @@ class Diagnoser:
         workers: int | None = None,
         lesion_model: str | Path | None = None,
     ) -> None:
-        from covidct.bundle import load_pipeline, software_versions
-        from covidct.classify.backends import BACKENDS, unavailable_reason
+        from covidct.bundle import software_versions
+        from covidct.classify.backend_names import BACKENDS, unavailable_reason
 
         if batch_size is None:
             batch_size = default_batch_size(device)
@@ -239,7 +242,7 @@ class Diagnoser:
         self.batch_size = batch_size
         self.classify_all = classify_all
         self.workers = workers
-        self.pipeline = load_pipeline(self.model_dir, device=device)
+        self.pipeline = self._load_pipeline(backend)
         mismatch = mask_mismatch(self.pipeline.card)
         if mismatch:
             log.warning("%s: %s", self.model_dir, mismatch)
@@ -255,8 +258,37 @@ class Diagnoser:
             if self.device.startswith("cuda")
             else None
         )
-        self.backend = self._install_backend(backend)
+        self.backend = TORCH_FREE if self.torch_free else self._install_backend(backend)
         self.lesion_segmenter = self._load_lesions(lesion_model)
+
+    def _load_pipeline(self, backend: str) -> Any:
+        """Both networks on ONNX Runtime without torch (CPU, ``backend="auto"``, the bundle's exports present
+        and current; written once here when the model folder is writable), else the PyTorch pipeline."""
+        from covidct.bundle import load_pipeline
+        from covidct.infer.onnx import light_pipeline_reason, load_light_pipeline, onnxruntime_available
+
+        self.torch_free = False
+        if self.device != "cpu" or backend != "auto" or not onnxruntime_available():
+            return load_pipeline(self.model_dir, device=self.device)
+        writable = os.access(self.model_dir, os.W_OK)
+        for attempt in range(2):
+            reason = light_pipeline_reason(self.model_dir)
+            if reason is None:
+                try:
+                    pipeline = load_light_pipeline(self.model_dir)
+                except ModelError as exc:  # an export file altered or damaged: redo it when we may
+                    reason = str(exc)
+                else:
+                    self.torch_free = True
+                    return pipeline
+            if attempt or not writable:
+                break
+            from covidct.infer.export import export_pipeline
+
+            log.info("%s; exporting the networks to ONNX once (later runs need no torch)", reason)
+            export_pipeline(self.model_dir, force=reason is not None and "content does not match" in reason)
+        log.info("PyTorch inference: %s (`covidct export-onnx MODEL` makes diagnosis torch-free)", reason)
+        return load_pipeline(self.model_dir, device=self.device)
 
     def _load_lesions(self, lesion_model: str | Path | None) -> Any:
         """The lesion segmenter: ``lesion_model`` (a bundle, ``"classical"``), else the pipeline's own

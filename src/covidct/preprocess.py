@@ -60,19 +60,46 @@ def _select(n: int, indices: Sequence[int] | np.ndarray | None) -> np.ndarray:
     return idx
 
 
+def resize_weights(in_size: int, out_size: int) -> np.ndarray:
+    """The ``(out_size, in_size)`` float32 matrix of 1-D bilinear resampling, as PyTorch's
+    ``interpolate(mode="bilinear", align_corners=False)`` does it: a triangle filter around each output pixel's
+    centre, widened by the scale when shrinking (``antialias=True``, as in PIL) and renormalised at the edges."""
+    if in_size < 1 or out_size < 1:
+        raise ValueError(f"sizes must be >= 1, got {in_size} -> {out_size}")
+    f32 = np.float32
+    scale = f32(in_size) / f32(out_size)  # float32 throughout, as PyTorch's CPU kernel computes them
+    support = scale if scale >= 1.0 else f32(1.0)
+    inv = f32(1.0) / scale if scale >= 1.0 else f32(1.0)
+    w = np.zeros((out_size, in_size), dtype=np.float32)
+    for i in range(out_size):
+        center = scale * f32(i + 0.5)
+        lo = max(int(center - support + f32(0.5)), 0)
+        hi = min(int(center + support + f32(0.5)), in_size)
+        j = np.arange(lo, hi, dtype=np.float32)
+        taps = np.clip(f32(1.0) - np.abs((j - center + f32(0.5)) * inv), f32(0.0), None)
+        total = taps.sum(dtype=np.float32)
+        if total > 0:
+            w[i, lo:hi] = taps / total
+    return w.astype(np.float32)
+
+
 def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Resize a stack ``(n, h, w)`` float32 to ``(n, S, S)`` (or ``(n, H, W)``) with bilinear interpolation.
 
     Anti-aliased when shrinking, so a 512 slice at 128 keeps thin structures as averages instead of aliasing.
-    Deterministic; a stack that already has the size is returned as a float32 copy.
+    NumPy only (two matrix products per slice with :func:`resize_weights`), equal to :func:`resize_tensor`
+    (PyTorch) to float rounding; deterministic. A stack that already has the size is returned as a copy.
     """
-    import torch
-
     arr = np.ascontiguousarray(images, dtype=np.float32)
     if arr.ndim != 3:
         raise ValueError(f"resize_images expects (n, h, w), got shape {arr.shape}")
-    with torch.no_grad():
-        return resize_tensor(torch.from_numpy(arr), size).numpy()
+    out_hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if arr.shape[1:] == out_hw or arr.shape[0] == 0:
+        return np.zeros((0, *out_hw), np.float32) if arr.shape[0] == 0 else arr.copy()
+    wy = resize_weights(arr.shape[1], out_hw[0])
+    wx = resize_weights(arr.shape[2], out_hw[1])
+    rows = np.matmul(wy, arr)  # (n, H, w)
+    return np.ascontiguousarray(np.matmul(rows, wx.T), dtype=np.float32)
 
 
 def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

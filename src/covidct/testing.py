@@ -11,6 +11,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from covidct.registry import CLASS_NAMES, LUNG_WINDOW
 
 
@@ -86,6 +88,48 @@ def random_lesion_bundle(
         "architecture": {"name": "basic_unet", "features": list(features), "num_classes": 3},
         "preprocessing": {
             "window": {"level": LESION_WINDOW.level, "width": LESION_WINDOW.width},
+            "image_size": int(image_size),
+        },
+    }
+    save_component(directory, net.state_dict(), card)
+    return directory
+
+
+def random_segmenter_bundle(
+    directory: str | Path,
+    *,
+    features: tuple[int, ...] = (4, 8, 8, 16, 16, 4),
+    image_size: int = 64,
+    seed: int = 0,
+) -> Path:
+    """Write a lung segmenter bundle (``covidct train segmenter``' format) with a random-weight U-Net, for
+    tests and timing (its masks are arbitrary; use it with :func:`random_pipeline`'s ``segmenter_dir``)."""
+    import torch
+
+    from covidct.bundle import save_component
+    from covidct.preprocess import SEGMENTER_WINDOW, window
+    from covidct.registry import LUNG_LABEL_NAMES
+    from covidct.segment.unet import build_segmenter, unet_architecture
+
+    directory = Path(directory)
+    torch.manual_seed(seed)
+    net = build_segmenter(features=features).eval()
+    # untrained, the logits are dominated by the last layer's bias (one label everywhere): centre them on a
+    # chest-like phantom so the labels vary with the image and a study gets some "lung"
+    yy, xx = np.mgrid[0:image_size, 0:image_size] / (image_size - 1) * 2 - 1
+    hu = np.where(yy**2 / 0.8 + xx**2 / 0.9 < 1, 40.0, -1000.0)
+    hu[((np.abs(xx) - 0.4) ** 2 / 0.05 + yy**2 / 0.4) < 1] = -850.0
+    x = torch.from_numpy(window(hu.astype(np.float32), SEGMENTER_WINDOW)[None, None].astype(np.float32))
+    final = net.get_submodule("final_conv")
+    with torch.no_grad():
+        final.bias -= net(x).mean(dim=(0, 2, 3))
+    card = {
+        "kind": "segmenter",
+        "name": "random-lung-unet (timing and tests only)",
+        "labels": {str(k): v for k, v in LUNG_LABEL_NAMES.items()},
+        "architecture": unet_architecture(features),
+        "preprocessing": {
+            "window": {"level": SEGMENTER_WINDOW.level, "width": SEGMENTER_WINDOW.width},
             "image_size": int(image_size),
         },
     }

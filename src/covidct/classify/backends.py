@@ -29,7 +29,6 @@ image size and the settings; the folder is ``cache_dir``, else ``$COVIDCT_CACHE_
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import logging
 import os
 import threading
@@ -43,39 +42,25 @@ import torch
 from torch import nn
 
 from covidct._files import atomic_write
+
+# torch-free names and the ONNX Runtime runner live with the torch-free path; re-exported here
+from covidct.classify.backend_names import (  # noqa: F401
+    AGREEMENT_MIN,
+    AGREEMENT_MIN_SLICES,
+    AUTO_CPU_ORDER,
+    AUTO_REDUCED_CPU_ORDER,
+    BACKENDS,
+    FP32_BACKENDS,
+    ONNX_OPSET,
+    REDUCED_BACKENDS,
+    cpu_threads,
+    has_fast_bf16,
+    unavailable_reason,
+)
 from covidct.errors import ModelError
+from covidct.infer.onnx import OnnxRunner
 
 logger = logging.getLogger(__name__)
-
-#: Every backend name :func:`make_runner` accepts (besides "auto" and "auto-reduced").
-BACKENDS: tuple[str, ...] = (
-    "torch",
-    "channels_last",
-    "compile",
-    "onnx",
-    "onnx-int8",
-    "openvino",
-    "openvino-int8",
-    "bf16",
-)
-#: Backends whose answers equal float32 PyTorch within float rounding.
-FP32_BACKENDS: tuple[str, ...] = ("torch", "channels_last", "compile", "onnx", "openvino")
-#: Reduced-precision backends (answers agree by argmax, not allclose).
-REDUCED_BACKENDS: tuple[str, ...] = ("onnx-int8", "openvino-int8", "bf16")
-#: "auto" on CPU: fastest first, as measured by benchmarks/run.py on the 2-core AMD EPYC (AVX2) dev machine:
-#: ONNX Runtime and OpenVINO tie within noise (2.5x torch eager); ONNX Runtime comes first because it is the
-#: project's declared optional dependency (``covidct[onnx]``); torch.compile reached only 1.5x and compiles
-#: for over a minute per process.
-AUTO_CPU_ORDER: tuple[str, ...] = ("onnx", "openvino", "compile", "channels_last", "torch")
-#: "auto-reduced" on CPU: fastest first (int8; this CPU has no fast bfloat16). OpenVINO ran the same QDQ
-#: model 1.1-2x faster than ONNX Runtime at every batch size here (BENCHMARKS.md).
-AUTO_REDUCED_CPU_ORDER: tuple[str, ...] = ("openvino-int8", "onnx-int8")
-#: Minimum slice agreement (argmax) with float32 before a reduced-precision backend is used automatically.
-AGREEMENT_MIN: float = 0.99
-#: Fewer held-out slices than this cannot establish AGREEMENT_MIN (one disagreement in a hundred).
-AGREEMENT_MIN_SLICES: int = 300
-#: ONNX opset of the exported models.
-ONNX_OPSET: int = 17
 
 
 class Runner(Protocol):
@@ -108,46 +93,6 @@ def array_hash(x: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype}|{a.shape}".encode())
     h.update(a.tobytes())
     return h.hexdigest()[:16]
-
-
-def cpu_threads() -> int:
-    """Cores this process may use (affinity-aware): the project's one core count."""
-    from covidct.io.loader import available_cpus
-
-    return available_cpus()
-
-
-def has_fast_bf16() -> bool:
-    """True when the CPU has AMX or AVX512-BF16 (where bfloat16 matmuls beat float32)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:  # pragma: no cover - non-Linux
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def unavailable_reason(backend: str, device: str = "cpu") -> str | None:
-    """Why ``backend`` cannot run here (``None`` when it can)."""
-    if backend not in BACKENDS:
-        return f"unknown backend {backend!r}: use one of auto, auto-reduced, {', '.join(BACKENDS)}"
-    on_cuda = device.startswith("cuda")
-    if backend in ("onnx", "onnx-int8") and importlib.util.find_spec("onnxruntime") is None:
-        return "onnxruntime is not installed (pip install 'covidct[onnx]')"
-    if (
-        backend in ("onnx", "onnx-int8", "openvino", "openvino-int8")
-        and importlib.util.find_spec("onnx") is None
-    ):
-        return "onnx is not installed (pip install 'covidct[onnx]')"
-    if backend.startswith("openvino"):
-        if importlib.util.find_spec("openvino") is None:
-            return "openvino is not installed (pip install openvino)"
-        if on_cuda:
-            return "openvino runs on CPU only here"
-    if backend in ("onnx-int8", "openvino-int8") and on_cuda:
-        return "int8 backends are CPU-only here; use bf16 on CUDA"
-    if on_cuda and not torch.cuda.is_available():
-        return f"device {device!r} requested but CUDA is not available"
-    return None
 
 
 def export_onnx(network: nn.Module, *, image_size: int, cache_dir: Path) -> Path:
@@ -302,37 +247,6 @@ class TorchRunner:
                 chunk = np.concatenate([chunk, np.zeros((b - n, *chunk.shape[1:]), dtype=chunk.dtype)])
             outs.append(self._forward(chunk)[:n])
         return np.concatenate(outs)
-
-
-@dataclass
-class OnnxRunner:
-    """ONNX Runtime session on CPU (``path`` is the cached model file).
-
-    ``spin``: let idle worker threads spin-wait between operators (ONNX Runtime's default; faster on an idle
-    machine, wasteful on a shared one).
-    """
-
-    name: str
-    path: Path
-    threads: int
-    spin: bool = True
-    session: Any = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        import onnxruntime as ort
-
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = self.threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if not self.spin:
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {"x": np.ascontiguousarray(x, dtype=np.float32)})[0]
-        return np.asarray(out, dtype=np.float32)
 
 
 @dataclass

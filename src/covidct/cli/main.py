@@ -37,6 +37,7 @@ COMMANDS: tuple[str, ...] = (
     "demo",
     "serve",
     "listen",
+    "export-onnx",
 )
 
 log = logging.getLogger("covidct")

@@ -1,0 +1,108 @@
+"""Write the ONNX exports that :mod:`covidct.infer.onnx` runs (needs torch; done once per set of weights).
+
+``export_pipeline(MODEL)`` writes ``model.onnx`` and ``onnx.json`` into the classifier and U-Net segmenter
+bundles of a pipeline folder (and the lesion bundle when there is one), checks each export against PyTorch
+float32 on random inputs, and records the largest difference in the sidecar. Existing exports that match the
+current weights are kept.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from covidct._files import atomic_write, atomic_write_text
+from covidct.errors import ModelError
+from covidct.infer.onnx import ONNX_FILE, SIDECAR, OnnxRunner, sidecar_for
+
+log = logging.getLogger(__name__)
+
+#: Opset of the exports (ONNX Runtime >= 1.18 runs it).
+OPSET: int = 17
+#: Largest difference of outputs (logits) from PyTorch float32 accepted for an export.
+MAX_ABS_DIFF: float = 1e-3
+
+
+def export_component(directory: Path, network: Any, *, image_size: int, card: dict[str, Any]) -> Path:
+    """Export ``network`` (eval, CPU float32) with a dynamic batch axis into ``directory``; returns the sidecar."""
+    import torch
+
+    from covidct.bundle import file_sha256
+
+    net = network.to("cpu", torch.float32).eval()
+    dummy = torch.zeros(1, 1, image_size, image_size)
+
+    def write(tmp: Path) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net,
+                (dummy,),
+                str(tmp),
+                dynamo=False,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+                opset_version=OPSET,
+            )
+
+    path = atomic_write(directory / ONNX_FILE, write)
+    x = np.random.default_rng(0).random((2, 1, image_size, image_size), dtype=np.float32)
+    with torch.inference_mode():
+        want = net(torch.from_numpy(x)).numpy()
+    got = OnnxRunner("check", path, 1)(x)
+    diff = float(np.abs(got - want).max())
+    if not diff <= MAX_ABS_DIFF:
+        path.unlink(missing_ok=True)
+        raise ModelError(f"{directory}: the ONNX export differs from PyTorch by {diff:.2e}; not written")
+    doc = {
+        "file": ONNX_FILE,
+        "sha256": file_sha256(path),
+        "weights_sha256": dict(card.get("weights", {})).get("sha256"),
+        "image_size": int(image_size),
+        "opset": OPSET,
+        "input": "x (n, 1, S, S) float32 in [0, 1]",
+        "output": "logits (n, C[, S, S])",
+        "max_abs_diff_vs_torch": diff,
+    }
+    return atomic_write_text(directory / SIDECAR, json.dumps(doc, indent=1))
+
+
+def export_pipeline(model_dir: str | Path, *, force: bool = False) -> list[Path]:
+    """Export every network of a pipeline folder that has no current export; returns the sidecars written."""
+    from covidct.bundle import read_card
+    from covidct.registry import LESION_FOLDER
+
+    model_dir = Path(model_dir)
+    card = read_card(model_dir, kind="pipeline")
+    written: list[Path] = []
+    cdir = model_dir / str(card.get("classifier", "classifier"))
+    if force or sidecar_for(cdir, read_card(cdir, verify=False)) is None:
+        from covidct.classify.inference import SliceClassifier
+
+        clf = SliceClassifier.from_bundle(cdir)
+        written.append(export_component(cdir, clf.network, image_size=clf.image_size, card=clf.card))
+    seg = str(card.get("segmenter", "classical"))
+    if seg != "classical":
+        sdir = model_dir / seg
+        if force or sidecar_for(sdir, read_card(sdir, verify=False)) is None:
+            from covidct.segment.unet import UNetSegmenter
+
+            unet = UNetSegmenter.from_bundle(sdir)
+            written.append(export_component(sdir, unet.network, image_size=unet.image_size, card=unet.card))
+    ldir = model_dir / LESION_FOLDER
+    if (ldir / "model.json").is_file() and (
+        force or sidecar_for(ldir, read_card(ldir, verify=False)) is None
+    ):
+        from covidct.lesions.model import LesionSegmenter
+
+        les = LesionSegmenter.from_bundle(ldir)
+        written.append(export_component(ldir, les.network, image_size=les.image_size, card=les.card))
+    for p in written:
+        log.info("wrote %s", p)
+    return written
