@@ -38,10 +38,13 @@ def test_classifier_and_segmenter_inputs_match_numpy(size: int) -> None:
         torch.from_numpy(vol.hu[idx]), torch.from_numpy(mask[idx]), image_size=size
     )
     assert got.dtype == torch.float32 and tuple(got.shape) == ref.shape
-    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=1e-6)
+    # the NumPy resize evaluates PyTorch's interpolation in another order: equal to a few float32 ulps of 1.0
+    # (2e-7 when shrinking, 1.5e-6 when enlarging)
+    tol = 1e-6 if size < 64 else 2e-6
+    np.testing.assert_allclose(got.numpy(), ref, rtol=0, atol=tol)
     seg_ref = segmenter_inputs(vol, indices=idx, image_size=size)
     seg = segmenter_inputs_tensor(torch.from_numpy(vol.hu[idx]), image_size=size)
-    np.testing.assert_allclose(seg.numpy(), seg_ref, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(seg.numpy(), seg_ref, rtol=0, atol=tol)
 
 
 def test_label_resize_matches_numpy_exactly() -> None:

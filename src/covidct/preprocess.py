@@ -68,6 +68,16 @@ def resize_weights(in_size: int, out_size: int) -> np.ndarray:
         raise ValueError(f"sizes must be >= 1, got {in_size} -> {out_size}")
     f32 = np.float32
     scale = f32(in_size) / f32(out_size)  # float32 throughout, as PyTorch's CPU kernel computes them
+    if scale < 1.0:  # enlarging: plain bilinear between the two nearest source pixels
+        up = np.zeros((out_size, in_size), dtype=np.float32)
+        for i in range(out_size):
+            src = max(scale * f32(i + 0.5) - f32(0.5), f32(0.0))
+            i0 = min(int(src), in_size - 1)
+            i1 = min(i0 + 1, in_size - 1)
+            l1 = f32(src - f32(i0))
+            up[i, i0] += f32(1.0) - l1
+            up[i, i1] += l1
+        return up
     support = scale if scale >= 1.0 else f32(1.0)
     inv = f32(1.0) / scale if scale >= 1.0 else f32(1.0)
     w = np.zeros((out_size, in_size), dtype=np.float32)
@@ -98,8 +108,8 @@ def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray
         return np.zeros((0, *out_hw), np.float32) if arr.shape[0] == 0 else arr.copy()
     wy = resize_weights(arr.shape[1], out_hw[0])
     wx = resize_weights(arr.shape[2], out_hw[1])
-    rows = np.matmul(wy, arr)  # (n, H, w)
-    return np.ascontiguousarray(np.matmul(rows, wx.T), dtype=np.float32)
+    cols = np.matmul(arr, wx.T)  # (n, h, W): along the width first, then the height, as PyTorch does
+    return np.ascontiguousarray(np.matmul(wy, cols), dtype=np.float32)
 
 
 def resize_labels(labels: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -19,7 +19,8 @@ import pytest
 
 pytestmark = [pytest.mark.slow]
 
-RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1"}
+# a loopback-only test cluster: no token authentication (Ray 2.5x enables it for clusters it starts), no usage stats
+RAY_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DISABLE_IMPORT_WARNING": "1", "RAY_AUTH_MODE": "disabled"}
 
 
 def _free_port() -> int:

@@ -31,7 +31,8 @@ pytestmark = pytest.mark.slow
 def test_numpy_resize_equals_torch(shape: tuple[int, int, int], size: int | tuple[int, int]) -> None:
     x = np.random.default_rng(1).random(shape, dtype=np.float32)
     want = resize_tensor(torch.from_numpy(x), size).numpy()
-    np.testing.assert_allclose(resize_images(x, size), want, atol=1e-6)
+    enlarging = isinstance(size, int) and size > shape[1]
+    np.testing.assert_allclose(resize_images(x, size), want, atol=2e-6 if enlarging else 5e-7)
 
 
 @pytest.fixture(scope="module")

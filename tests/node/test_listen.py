@@ -89,6 +89,7 @@ def test_a_series_pushed_by_orthanc_comes_back_as_sr_seg_and_pdf_in_its_study(
     node, _ = start_node()
     push(orthanc, "covidct", series)
     found = orthanc.wait_for_modalities(study, {"SR", "SEG", "DOC"}, timeout_s=300)
+    wait_idle(node)  # the answer is recorded just after the PACS took the objects
     by_modality = {s["MainDicomTags"]["Modality"]: download(orthanc, s) for s in found}
     assert {k: len(v) for k, v in by_modality.items()} == {"SR": 1, "SEG": 1, "DOC": 1}
     sr, seg, doc = by_modality["SR"][0], by_modality["SEG"][0], by_modality["DOC"][0]
@@ -169,6 +170,7 @@ def test_a_series_that_cannot_be_diagnosed_gets_an_sr_saying_why(
     node, _ = start_node("short")
     push(orthanc, "short", series)
     (sr_series,) = orthanc.wait_for_modalities(study, {"SR"}, timeout_s=120)
+    wait_idle(node)
     (sr,) = download(orthanc, sr_series)
     text = " ".join(str(getattr(i, "TextValue", "")) for i in _codes(sr))
     assert "could not diagnose" in text

@@ -70,7 +70,12 @@ def test_a_node_killed_before_answering_answers_after_a_restart(
         found = orthanc.wait_for_modalities(study, {"SR", "SEG", "DOC"}, timeout_s=300)
         assert len(found) == 3
         assert "restart: 1 received series not yet answered" in log.read_text()
+        end = time.monotonic() + 60  # the answer is recorded just after the PACS took the objects
+        while not list((store / "answered").glob("*.json")) and time.monotonic() < end:
+            time.sleep(0.2)
         assert list((store / "answered").glob("*.json"))
+        while list((store / "incoming").glob("*/*.dcm")) and time.monotonic() < end:
+            time.sleep(0.2)
         assert not list((store / "incoming").glob("*/*.dcm"))
     finally:
         proc.send_signal(signal.SIGTERM)
