@@ -25,6 +25,8 @@ MAX_PURE_AIR_FRACTION = 0.30
 LARGE_REGION_CM2 = 80.0
 MAX_PURE_AIR_FRACTION_LARGE = 0.70
 MIN_LUNG_SLICE_FRACTION = 0.10
+#: Slices labelled at once (bounds the memory of the check: a 512x512 study's labels are 1 MB per slice).
+CHUNK = 32
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,8 @@ def _slice_areas(sub: np.ndarray, pixel_cm2: float) -> tuple[np.ndarray, np.ndar
         return np.zeros(nz), np.zeros(nz)
     flat = lab.ravel()
     sizes = np.bincount(flat, minlength=n + 1).astype(np.float64)
-    dark = np.bincount(flat, weights=(sub < PURE_AIR_HU).ravel(), minlength=n + 1)
+    # pure-air voxels per region: count the labels of the dark voxels (no float64 weights array of the volume)
+    dark = np.bincount(flat[(sub < PURE_AIR_HU).ravel()], minlength=n + 1).astype(np.float64)
     inside = np.ones(n + 1, bool)
     inside[0] = False
     inside[lab[:, 0, :]] = inside[lab[:, -1, :]] = inside[lab[:, :, 0]] = inside[lab[:, :, -1]] = False
@@ -93,7 +96,12 @@ def check_chest_ct(volume: CTVolume) -> ChestCheck:
     n = volume.n_slices
     step = max(1, round(1.5 / max(min(volume.spacing[1], volume.spacing[2]), 1e-3)))
     pixel_cm2 = volume.spacing[1] * volume.spacing[2] * step * step / 100.0
-    lung_area, rejected = _slice_areas(np.asarray(hu[:, ::step, ::step]), pixel_cm2)
+    # regions never span slices, so chunks of slices give the same areas with a small label array at a time
+    chunks = [
+        _slice_areas(np.asarray(hu[i : i + CHUNK, ::step, ::step]), pixel_cm2) for i in range(0, n, CHUNK)
+    ]
+    lung_area = np.concatenate([c[0] for c in chunks]) if chunks else np.zeros(0)
+    rejected = np.concatenate([c[1] for c in chunks]) if chunks else np.zeros(0)
     lung_slices = int(np.count_nonzero(lung_area > 0))
     dz_cm = volume.spacing[0] / 10.0
     lung_ml = float(lung_area.sum() * dz_cm)
