@@ -119,3 +119,27 @@ def test_info_and_help_never_import_torch(p001_dir: Path) -> None:
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == "NO-TORCH 0"
+
+
+def test_a_slim_install_diagnoses_and_says_what_else_needs_torch(
+    unet_pipeline: Path, p001_dir: Path, tmp_path: Path
+) -> None:
+    """As without the training stack installed: importing torch, MONAI or onnx fails."""
+    block = "import sys\nfor m in ('torch', 'monai', 'onnx'):\n    sys.modules[m] = None\nfrom covidct.cli.main import main\n"
+    from covidct.infer.export import export_pipeline
+
+    export_pipeline(unet_pipeline)
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-c", block + f"sys.exit(main(['diagnose', {str(p001_dir)!r}, '--model', "
+         f"{str(unet_pipeline)!r}, '-o', {str(out)!r}, '--no-progress']))"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(next(out.glob("*.json")).read_text())["model"]["backend"] == "onnxruntime (torch-free)"
+    run = subprocess.run(
+        [sys.executable, "-c", block + f"sys.exit(main(['export-onnx', {str(unet_pipeline)!r}, '--force']))"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 2
+    assert "Traceback" not in run.stderr and "pip install 'covidct[train]'" in run.stderr

@@ -79,6 +79,10 @@ def _configure_logging(verbose: int, quiet: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+#: Packages of the training stack that a slim install (``pip install covidct``) leaves out.
+TRAINING_STACK: frozenset[str] = frozenset({"torch", "monai", "onnx"})
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM: the run stops as for Ctrl-C (workers stopped, temporary files removed), exit 143."""
 
@@ -128,6 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CovidCTError as exc:
         print(f"covidct {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except ModuleNotFoundError as exc:  # a slim install (no training stack) asked for something that needs it
+        if (exc.name or "").split(".")[0] not in TRAINING_STACK:
+            raise
+        print(
+            f"covidct {args.command}: error: this needs PyTorch and MONAI ({exc.name} is not installed; training, "
+            "--backend torch, CUDA, Grad-CAM heat maps and lesions use them): pip install 'covidct[train]'",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (Terminated): unwound, so temporary files are gone
         terminated = isinstance(exc, Terminated)
         print(f"covidct {args.command}: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
