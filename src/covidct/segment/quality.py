@@ -30,10 +30,13 @@ def lung_voxel_counts(mask: np.ndarray) -> dict[str, int]:
 
     Raises ``ValueError`` when the mask holds values other than 0, 1 and 2.
     """
-    counts = np.bincount(np.asarray(mask, dtype=np.int64).ravel(), minlength=len(LUNG_LABEL_NAMES))
-    if counts.size > len(LUNG_LABEL_NAMES) or (mask.size and int(np.min(mask)) < 0):
-        raise ValueError(f"a lung mask holds only 0, 1 and 2; found values up to {counts.size - 1}")
-    return {name: int(counts[value]) for value, name in LUNG_LABEL_NAMES.items()}
+    m = np.asarray(mask)
+    if m.size and (int(m.min()) < 0 or int(m.max()) >= len(LUNG_LABEL_NAMES)):
+        raise ValueError(f"a lung mask holds only 0, 1 and 2; found values up to {int(m.max())}")
+    # one label at a time: a bool temporary per label, not an int64 copy of the volume (8x its uint8 size)
+    counts = {value: int(np.count_nonzero(m == value)) for value in LUNG_LABEL_NAMES if value}
+    counts[0] = int(m.size) - sum(counts.values())
+    return {name: counts[value] for value, name in LUNG_LABEL_NAMES.items()}
 
 
 def lung_volumes_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> dict[str, float]:
