@@ -32,7 +32,6 @@ import hashlib
 import logging
 import os
 import threading
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -101,23 +100,11 @@ def export_onnx(network: nn.Module, *, image_size: int, cache_dir: Path) -> Path
     path = cache_dir / f"classifier-{weights_hash(network)}-s{image_size}-c{in_ch}-op{ONNX_OPSET}.onnx"
     if path.exists():
         return path
-    net = _cpu_fp32_copy(network)
-    dummy = torch.zeros(1, in_ch, image_size, image_size)
+    from functools import partial
 
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (dummy,),
-                str(tmp),
-                dynamo=False,
-                input_names=["x"],
-                output_names=["logits"],
-                dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-                opset_version=ONNX_OPSET,
-            )
+    from covidct.infer.export import write_onnx
 
+    write = partial(write_onnx, network=_cpu_fp32_copy(network), image_size=image_size, in_channels=in_ch)
     logger.info("exporting the classifier to ONNX: %s", path)
     atomic_write(path, write)
     return path

@@ -11,21 +11,43 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from covidct._files import atomic_write, atomic_write_text
+from covidct.classify.backend_names import ONNX_OPSET
 from covidct.errors import ModelError
 from covidct.infer.onnx import ONNX_FILE, SIDECAR, OnnxRunner, sidecar_for
 
 log = logging.getLogger(__name__)
 
-#: Opset of the exports (ONNX Runtime >= 1.18 runs it).
-OPSET: int = 17
+#: Opset of the exports (the classifier backends' cache uses the same; ONNX Runtime >= 1.18 runs it).
+OPSET: int = ONNX_OPSET
 #: Largest difference of outputs (logits) from PyTorch float32 accepted for an export.
 MAX_ABS_DIFF: float = 1e-3
+
+
+def write_onnx(path: Path, *, network: Any, image_size: int, in_channels: int = 1) -> None:
+    """``torch.onnx.export`` of a CPU float32 network to ``path``: input ``x`` ``(n, C, S, S)`` with a dynamic
+    batch axis, output ``logits``, opset :data:`OPSET` (the TorchScript exporter)."""
+    import torch
+
+    dummy = torch.zeros(1, in_channels, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            network,
+            (dummy,),
+            str(path),
+            dynamo=False,
+            input_names=["x"],
+            output_names=["logits"],
+            dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
+            opset_version=OPSET,
+        )
 
 
 def export_component(directory: Path, network: Any, *, image_size: int, card: dict[str, Any]) -> Path:
@@ -35,22 +57,7 @@ def export_component(directory: Path, network: Any, *, image_size: int, card: di
     from covidct.bundle import file_sha256
 
     net = network.to("cpu", torch.float32).eval()
-    dummy = torch.zeros(1, 1, image_size, image_size)
-
-    def write(tmp: Path) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                net,
-                (dummy,),
-                str(tmp),
-                dynamo=False,
-                input_names=["x"],
-                output_names=["logits"],
-                dynamic_axes={"x": {0: "n"}, "logits": {0: "n"}},
-                opset_version=OPSET,
-            )
-
+    write = partial(write_onnx, network=net, image_size=image_size)
     path = atomic_write(directory / ONNX_FILE, write)
     x = np.random.default_rng(0).random((2, 1, image_size, image_size), dtype=np.float32)
     with torch.inference_mode():
