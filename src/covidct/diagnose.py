@@ -300,6 +300,17 @@ class Diagnoser:
         from covidct.lesions.api import load_lesion_segmenter
 
         chosen = lesion_model if lesion_model is not None else self.model_dir / LESION_FOLDER
+        if self.torch_free and str(chosen) != "classical":  # the lesion model on ONNX Runtime too
+            from covidct.bundle import read_card
+            from covidct.infer.onnx import sidecar_for
+            from covidct.lesions.api import resolve_lesion_dir
+
+            ldir = resolve_lesion_dir(chosen)
+            if sidecar_for(ldir, read_card(ldir, verify=False)) is None and os.access(ldir, os.W_OK):
+                from covidct.infer.export import export_pipeline
+
+                log.info("%s: exporting the lesion model to ONNX once", ldir)
+                export_pipeline(ldir)
         return load_lesion_segmenter(chosen, device=self.device)
 
     def _install_backend(self, backend: str) -> str:

@@ -143,3 +143,31 @@ def test_a_slim_install_diagnoses_and_says_what_else_needs_torch(
     )  # fmt: skip
     assert run.returncode == 2
     assert "Traceback" not in run.stderr and "pip install 'covidct[train]'" in run.stderr
+
+
+def test_the_lesion_model_on_onnx_runtime_gives_the_torch_labels(p001_dir: Path, tmp_path: Path) -> None:
+    """The shipped lesion U-Net (real radiologist masks), exported to a copy, on the real series P001."""
+    import shutil
+
+    from covidct.infer.export import export_pipeline
+    from covidct.io import load_study
+    from covidct.lesions.api import load_lesion_segmenter, shipped_lesion_dir
+    from covidct.lesions.inference import OnnxLesionSegmenter
+    from covidct.lesions.model import LesionSegmenter
+    from covidct.segment.classical import ClassicalSegmenter
+
+    shipped = shipped_lesion_dir()
+    assert shipped is not None
+    bundle = tmp_path / "lesions"
+    shutil.copytree(shipped, bundle, ignore=shutil.ignore_patterns("model.onnx", "onnx.json"))
+    assert isinstance(load_lesion_segmenter(bundle), LesionSegmenter)  # no export yet: PyTorch
+    export_pipeline(bundle)
+    light = load_lesion_segmenter(bundle)
+    assert isinstance(light, OnnxLesionSegmenter)
+    volume = load_study(p001_dir, workers=1)
+    lung = ClassicalSegmenter().apply(volume)
+    got = light.apply(volume, lung)
+    want = LesionSegmenter.from_bundle(bundle).apply(volume, lung)
+    assert got.any()
+    agree = float((got == want).mean())
+    assert agree > 0.99999, agree  # argmax ties aside, the same labels

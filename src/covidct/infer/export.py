@@ -86,6 +86,8 @@ def export_pipeline(model_dir: str | Path, *, force: bool = False) -> list[Path]
     from covidct.registry import LESION_FOLDER
 
     model_dir = Path(model_dir)
+    if read_card(model_dir, verify=False).get("kind") == "lesions":  # a lesion bundle on its own
+        return _export_lesions(model_dir, force=force)
     card = read_card(model_dir, kind="pipeline")
     written: list[Path] = []
     cdir = model_dir / str(card.get("classifier", "classifier"))
@@ -102,14 +104,18 @@ def export_pipeline(model_dir: str | Path, *, force: bool = False) -> list[Path]
 
             unet = UNetSegmenter.from_bundle(sdir)
             written.append(export_component(sdir, unet.network, image_size=unet.image_size, card=unet.card))
-    ldir = model_dir / LESION_FOLDER
-    if (ldir / "model.json").is_file() and (
-        force or sidecar_for(ldir, read_card(ldir, verify=False)) is None
-    ):
-        from covidct.lesions.model import LesionSegmenter
-
-        les = LesionSegmenter.from_bundle(ldir)
-        written.append(export_component(ldir, les.network, image_size=les.image_size, card=les.card))
+    if (model_dir / LESION_FOLDER / "model.json").is_file():
+        written += _export_lesions(model_dir / LESION_FOLDER, force=force)
     for p in written:
         log.info("wrote %s", p)
     return written
+
+
+def _export_lesions(ldir: Path, *, force: bool) -> list[Path]:
+    from covidct.bundle import read_card
+    from covidct.lesions.model import LesionSegmenter
+
+    if not force and sidecar_for(ldir, read_card(ldir, verify=False)) is not None:
+        return []
+    les = LesionSegmenter.from_bundle(ldir)
+    return [export_component(ldir, les.network, image_size=les.image_size, card=les.card)]

@@ -89,9 +89,22 @@ def load_lesion_segmenter(model: str | Path | None, *, device: str = "cpu") -> L
         from covidct.lesions.classical import ClassicalLesionSegmenter
 
         return ClassicalLesionSegmenter()
+    directory = resolve_lesion_dir(model)
+    if device == "cpu":  # the bundle's ONNX export on ONNX Runtime when it has a current one: no torch
+        from covidct.bundle import read_card
+        from covidct.infer.onnx import onnxruntime_available, sidecar_for
+
+        if onnxruntime_available() and sidecar_for(directory, read_card(directory, verify=False)) is not None:
+            from covidct.errors import ModelError
+            from covidct.lesions.inference import OnnxLesionSegmenter
+
+            try:
+                return OnnxLesionSegmenter.from_bundle(directory)
+            except ModelError as exc:
+                log.warning("%s; using the PyTorch lesion model", exc)
     from covidct.lesions.model import LesionSegmenter
 
-    return LesionSegmenter.from_bundle(resolve_lesion_dir(model), device=device)
+    return LesionSegmenter.from_bundle(directory, device=device)
 
 
 def segment_image_folder(
