@@ -15,7 +15,10 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 import numpy as np
 
@@ -101,15 +104,36 @@ def open_onnx(directory: Path, card: dict[str, Any], *, name: str) -> tuple[Onnx
     return OnnxRunner(name, path, _threads()), doc
 
 
+def open_unet(
+    directory: str | Path, *, kind: str, image_size: int, window: Window
+) -> tuple[OnnxRunner, dict[str, Any], int, Window]:
+    """A U-Net bundle's (lung segmenter or lesion model) export: its runner, card, input size and window (the
+    given defaults where the card has none)."""
+    from covidct.bundle import CARD_NAME, card_int, card_window, read_card
+
+    directory = Path(directory)
+    card = read_card(directory, kind=kind)
+    where = directory / CARD_NAME
+    size = card_int(
+        card.get("preprocessing") or {}, "image_size", image_size, where=where, prefix="preprocessing."
+    )
+    win = card_window(card, default=window, where=where)
+    runner, _ = open_onnx(directory, card, name="onnx")
+    return runner, card, size, win
+
+
 def _argmax_labels(logits: np.ndarray) -> np.ndarray:
     return np.asarray(np.argmax(logits, axis=1), dtype=np.uint8)
 
 
-class OnnxUNetSegmenter:
-    """The trained lung U-Net on ONNX Runtime (the ``Segmenter`` protocol): same input and labels as
-    :class:`covidct.segment.unet.UNetSegmenter`, preprocessing in NumPy."""
+class OnnxUNet:
+    """A U-Net bundle's export on ONNX Runtime: ``labels(x)`` gives the argmax labels ``(n, S, S)`` uint8 of
+    inputs ``(n, 1, S, S)``, ``batch_size`` slices per run. Subclasses name the bundle kind and defaults."""
 
-    name = "unet"
+    kind: str = "segmenter"
+    default_size: int = SEGMENTER_IMAGE_SIZE
+    default_window: Window = SEGMENTER_WINDOW
+    default_batch: int = 4
 
     def __init__(
         self,
@@ -118,27 +142,33 @@ class OnnxUNetSegmenter:
         image_size: int,
         window: Window,
         card: dict[str, Any],
-        batch_size: int = 4,
+        batch_size: int | None = None,
     ) -> None:
         self.runner = runner
         self.image_size = int(image_size)
         self.window = window
         self.card = dict(card)
-        self.batch_size = max(1, int(batch_size))
+        self.batch_size = max(1, int(batch_size or self.default_batch))
 
     @classmethod
-    def from_bundle(cls, directory: str | Path) -> OnnxUNetSegmenter:
-        from covidct.bundle import CARD_NAME, card_int, card_window, read_card
-
-        directory = Path(directory)
-        card = read_card(directory, kind="segmenter")
-        pre = card.get("preprocessing") or {}
-        size = card_int(
-            pre, "image_size", SEGMENTER_IMAGE_SIZE, where=directory / CARD_NAME, prefix="preprocessing."
+    def from_bundle(cls, directory: str | Path) -> Self:
+        runner, card, size, win = open_unet(
+            directory, kind=cls.kind, image_size=cls.default_size, window=cls.default_window
         )
-        win = card_window(card, default=SEGMENTER_WINDOW, where=directory / CARD_NAME)
-        runner, _ = open_onnx(directory, card, name="onnx")
         return cls(runner, image_size=size, window=win, card=card)
+
+    def labels(self, x: np.ndarray) -> np.ndarray:
+        if len(x) == 0:
+            return np.zeros((0, *x.shape[2:]), np.uint8)
+        b = self.batch_size
+        return np.concatenate([_argmax_labels(self.runner(x[i : i + b])) for i in range(0, len(x), b)])
+
+
+class OnnxUNetSegmenter(OnnxUNet):
+    """The trained lung U-Net on ONNX Runtime (the ``Segmenter`` protocol): same input and labels as
+    :class:`covidct.segment.unet.UNetSegmenter`, preprocessing in NumPy."""
+
+    name = "unet"
 
     def apply(self, volume: Any) -> np.ndarray:
         """The lung mask of ``volume``: uint8 ``(z, y, x)``, 0 background, 1 right, 2 left."""
@@ -147,13 +177,7 @@ class OnnxUNetSegmenter:
         step = self.batch_size * 4
         for i in range(0, z, step):
             x = resize_images(window(volume.hu[i : i + step], self.window), self.image_size)[:, None]
-            labels = np.concatenate(
-                [
-                    _argmax_labels(self.runner(x[j : j + self.batch_size]))
-                    for j in range(0, len(x), self.batch_size)
-                ]
-            )
-            mask[i : i + step] = resize_labels(labels, (h, w))
+            mask[i : i + step] = resize_labels(self.labels(x), (h, w))
         return mask
 
 

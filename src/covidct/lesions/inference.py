@@ -5,11 +5,11 @@ done with the labels. :class:`LesionInferer` needs only ``predict_inputs``: the 
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Final
 
 import numpy as np
 
+from covidct.infer.onnx import OnnxUNet
 from covidct.io.volume import CTVolume
 from covidct.registry import LESION_IMAGE_SIZE, LESION_WINDOW, Window
 
@@ -83,37 +83,14 @@ class LesionInferer:
         return out
 
 
-class OnnxLesionSegmenter(LesionInferer):
+class OnnxLesionSegmenter(OnnxUNet, LesionInferer):
     """The lesion U-Net's ONNX export on ONNX Runtime (written by ``covidct export-onnx``)."""
 
-    def __init__(
-        self, runner: Any, *, image_size: int, window: Window, card: dict[str, Any], batch_size: int = 8
-    ):
-        self.runner = runner
-        self.image_size = int(image_size)
-        self.window = window
-        self.card = dict(card)
-        self.batch_size = max(1, int(batch_size))
-
-    @classmethod
-    def from_bundle(cls, directory: str | Path) -> OnnxLesionSegmenter:
-        from covidct.bundle import CARD_NAME, card_int, card_window, read_card
-        from covidct.infer.onnx import open_onnx
-
-        directory = Path(directory)
-        card = read_card(directory, kind="lesions")
-        pre = card.get("preprocessing") or {}
-        size = card_int(
-            pre, "image_size", LESION_IMAGE_SIZE, where=directory / CARD_NAME, prefix="preprocessing."
-        )
-        win = card_window(card, default=LESION_WINDOW, where=directory / CARD_NAME)
-        runner, _ = open_onnx(directory, card, name="onnx")
-        return cls(runner, image_size=size, window=win, card=card)
+    kind = "lesions"
+    default_size = LESION_IMAGE_SIZE
+    default_window = LESION_WINDOW
+    default_batch = 8
 
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
         arr = np.asarray(x, dtype=np.float32)
-        arr = arr[:, None] if arr.ndim == 3 else arr
-        out = [self.runner(arr[i : i + self.batch_size]) for i in range(0, len(arr), self.batch_size)]
-        if not out:
-            return np.zeros((0, *arr.shape[2:]), np.uint8)
-        return np.asarray(np.argmax(np.concatenate(out), axis=1), np.uint8)
+        return self.labels(arr[:, None] if arr.ndim == 3 else arr)
