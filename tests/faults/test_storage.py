@@ -67,7 +67,16 @@ def test_a_finished_study_keeps_its_result_not_its_upload(
         assert again["status"] == "done" and again["result"] == first["result"]
         assert client.get(f"/v1/studies/{job}/slices/5.png").status_code == 200
     assert len(diagnosed) == 1  # the restart answered from the stored result
-    (folder / "result.pkl").write_bytes(b"not a pickle")  # e.g. written by another version
+    import pickle
+
+    doc = pickle.loads((folder / "result.pkl").read_bytes())
+    assert doc["format"] == 1 and doc["result"].diagnosis == first["result"]["diagnosis"]
+    from covidct.serve.stored import load_result
+
+    assert load_result(folder) is not None
+    (folder / "result.pkl").write_bytes(pickle.dumps({**doc, "format": 99}))  # from a later version
+    assert load_result(folder) is None  # refused, so a restart reports it (as below) instead of serving it
+    (folder / "result.pkl").write_bytes(b"not a pickle")  # cut short or damaged
     with TestClient(make_app(diagnoser=Counting(), durable=True)) as client:
         lost = client.get(f"/v1/studies/{job}")
         assert lost.status_code == 500 and "could not read" in lost.json()["error"], lost.text

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 
+from covidct import __version__
 from covidct._files import atomic_write, atomic_write_bytes
 
 if TYPE_CHECKING:
@@ -41,6 +42,10 @@ __all__ = ["RESULT_FILE", "StoredArray", "load_result", "store_result"]
 
 #: The pickled result (arrays left out) of a finished study, in its job folder.
 RESULT_FILE = "result.pkl"
+#: Format of ``result.pkl``: ``{"format": RESULT_FORMAT, "covidct": version, "result": StudyResult}``. Raise it
+#: when ``StudyResult`` changes in a way an older pickle would not satisfy: a restarted service then reports
+#: such studies as unreadable ("upload it again") instead of serving a result of another shape.
+RESULT_FORMAT = 1
 _ARRAYS = "arrays"
 _INT16 = np.iinfo(np.int16)
 
@@ -144,7 +149,8 @@ def store_result(result: StudyResult, job_dir: Path) -> StudyResult:
         mask=np.zeros((0, 0, 0), dtype=np.uint8),
         lesions=None,
     )
-    atomic_write_bytes(job_dir / RESULT_FILE, pickle.dumps(bare, protocol=pickle.HIGHEST_PROTOCOL))
+    doc = {"format": RESULT_FORMAT, "covidct": __version__, "result": bare}
+    atomic_write_bytes(job_dir / RESULT_FILE, pickle.dumps(doc, protocol=pickle.HIGHEST_PROTOCOL))
     input_dir = job_dir / "input"
     if input_dir.is_dir():
         sources = _dicom_sources(result)
@@ -172,7 +178,11 @@ def load_result(job_dir: Path) -> StudyResult | None:
     """The finished study kept in ``job_dir`` by :func:`store_result`; None when it is not there whole."""
     folder = job_dir / _ARRAYS
     try:
-        bare = pickle.loads((job_dir / RESULT_FILE).read_bytes())
+        doc = pickle.loads((job_dir / RESULT_FILE).read_bytes())
+        if not isinstance(doc, dict) or doc.get("format") != RESULT_FORMAT:
+            found = doc.get("format") if isinstance(doc, dict) else "none"
+            raise ValueError(f"result format {found}, this service reads {RESULT_FORMAT}")
+        bare = doc["result"]
         hu = StoredArray(folder / "hu.npy", bare.volume.hu.dtype)
         mask = StoredArray(folder / "mask.npy")
         lesion_file = folder / "lesions.npy"
