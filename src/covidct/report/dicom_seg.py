@@ -60,6 +60,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "segments": tuple((n, label, "SCT", code, meaning) for n, label, code, meaning in SEGMENTS),
         "category": CATEGORY,
         "label": "LUNGS",
+        "series_number": 901,
         "description": "Right and left lung (automatic, research use only)",
         "series": "covidct lung mask (research use only)",
         "algorithm": "covidct lung segmentation",
@@ -68,6 +69,7 @@ KINDS: dict[str, dict[str, Any]] = {
         "segments": LESION_SEGMENTS,
         "category": LESION_CATEGORY,
         "label": "LESIONS",
+        "series_number": 904,
         "description": "Ground glass and consolidation (automatic, research use only)",
         "series": "covidct lesions (research use only)",
         "algorithm": "covidct lesion segmentation",
@@ -218,6 +220,7 @@ def write_dicom_seg(
     out_path: str | Path,
     *,
     source_datasets: Sequence[Dataset] | None = None,
+    source_order: np.ndarray | None = None,
     series_number: int | None = None,
     kind: str = "lungs",
 ) -> Path:
@@ -228,7 +231,9 @@ def write_dicom_seg(
 
     ``volume`` may also be a ``StudyResult`` (its ``.volume`` is used). ``source_datasets`` (the source
     headers, in the volume's slice order, or one multi-frame dataset) are read from
-    ``volume.slices[i].source`` when not given. Raises :class:`InputError` when the study has no DICOM source.
+    ``volume.slices[i].source`` when not given; with them, ``source_order`` is the ``order`` that
+    :func:`source_datasets_for` returned for them (default: one dataset per slice, in order). Raises
+    :class:`InputError` when the study has no DICOM source.
     """
     import highdicom as hd
 
@@ -236,7 +241,7 @@ def write_dicom_seg(
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     spec = KINDS[kind]
     if series_number is None:
-        series_number = 901 if kind == "lungs" else 904
+        series_number = int(spec["series_number"])
     if hasattr(volume, "volume") and hasattr(volume, "decision"):
         volume = volume.volume
     m = np.asarray(mask)
@@ -247,7 +252,8 @@ def write_dicom_seg(
     if source_datasets is None:
         datasets, order = source_datasets_for(volume)
     else:
-        datasets, order = list(source_datasets), np.arange(m.shape[0])
+        order = np.arange(m.shape[0]) if source_order is None else np.asarray(source_order)
+        datasets = list(source_datasets)
     datasets = [complete_header(ds) for ds in datasets]
     m = to_source_grid(m, volume, datasets[0])
     for ds in datasets:

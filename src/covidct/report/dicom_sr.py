@@ -8,7 +8,7 @@ The SR is a TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom). It
   branch and a research-use statement;
 - one volumetric measurement group per lung: its volume (ml), referencing its segment of the lung SEG.
 
-A study that could not be diagnosed gets a short SR that says why (:func:`write_failure_sr`). Every object
+A study that could not be diagnosed gets a short SR that says why (:func:`build_failure_sr`, :func:`write_failure`). Every object
 carries the source study's Study Instance UID and patient module, with new series and SOP instance UIDs.
 """
 
@@ -60,10 +60,10 @@ def _code(value: str, scheme: str, meaning: str) -> Any:
     return Code(value, scheme, meaning)
 
 
-def _algorithm(result: StudyResult | None, extra: Sequence[str] = ()) -> Any:
+def _algorithm(result: StudyResult, extra: Sequence[str] = ()) -> Any:
     import highdicom as hd
 
-    model = result.model if result is not None else {}
+    model = result.model
     params = [f"model content hash {model.get('hash', 'unknown')}", *extra, RESEARCH_STATEMENT]
     return hd.sr.AlgorithmIdentification(
         name=str(model.get("name") or "covidct"),
@@ -247,9 +247,12 @@ def write_results(result: StudyResult, out: Path, *, explainer_source: Any | Non
     from covidct.report.dicom_seg import complete_header, source_datasets_for, write_dicom_seg
     from covidct.report.pdf import write_pdf
 
-    seg_path = write_dicom_seg(result, result.mask, out / "seg.dcm")
+    headers, order = source_datasets_for(result.volume)  # read once for both SEGs and the SR
+    sources = [complete_header(ds) for ds in headers]
+    seg_path = write_dicom_seg(
+        result, result.mask, out / "seg.dcm", source_datasets=sources, source_order=order
+    )
     seg = pydicom.dcmread(seg_path)
-    sources = [complete_header(ds) for ds in source_datasets_for(result.volume)[0]]
     sr_path = write_dataset(build_sr(result, seg, sources), out / "sr.dcm")
     with tempfile.TemporaryDirectory(prefix="covidct-pdf-") as tmp:
         pdf = write_pdf(result, Path(tmp) / "report.pdf", diagnoser=explainer_source).read_bytes()
@@ -257,11 +260,19 @@ def write_results(result: StudyResult, out: Path, *, explainer_source: Any | Non
     paths = [sr_path, seg_path, pdf_path]
     if result.lesions is not None:
         lesions = np.asarray(result.lesions, dtype=np.uint8)
-        paths.append(write_dicom_seg(result, lesions, out / "lesion-seg.dcm", kind="lesions"))
+        paths.append(
+            write_dicom_seg(
+                result,
+                lesions,
+                out / "lesion-seg.dcm",
+                source_datasets=sources,
+                source_order=order,
+                kind="lesions",
+            )
+        )
     return paths
 
 
 def write_failure(files: Sequence[Path], reason: str, out: Path) -> Path:
     """The short SR of a series that could not be diagnosed."""
-
     return write_dataset(build_failure_sr(_source_headers(files), reason), out / "sr-not-diagnosed.dcm")
