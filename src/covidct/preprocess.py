@@ -78,8 +78,7 @@ def resize_weights(in_size: int, out_size: int) -> np.ndarray:
             up[i, i0] += f32(1.0) - l1
             up[i, i1] += l1
         return up
-    support = scale if scale >= 1.0 else f32(1.0)
-    inv = f32(1.0) / scale if scale >= 1.0 else f32(1.0)
+    support, inv = scale, f32(1.0) / scale  # shrinking: the triangle widened by the scale
     w = np.zeros((out_size, in_size), dtype=np.float32)
     for i in range(out_size):
         center = scale * f32(i + 0.5)
@@ -90,7 +89,7 @@ def resize_weights(in_size: int, out_size: int) -> np.ndarray:
         total = taps.sum(dtype=np.float32)
         if total > 0:
             w[i, lo:hi] = taps / total
-    return w.astype(np.float32)
+    return w
 
 
 def resize_images(images: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:

@@ -179,7 +179,7 @@ class DicomNode:
             return _SUCCESS
         data = event.encoded_dataset()
         try:
-            self.store.store_instance(series_uid, sop_uid, lambda tmp: tmp.write_bytes(data))
+            self.store.store_instance(series_uid, sop_uid, data)
         except ValueError:
             log.warning("refused an instance with a malformed UID")
             return _CANNOT_UNDERSTAND
@@ -252,19 +252,19 @@ class DicomNode:
         t0 = time.perf_counter()
         folder = self.store.series_dir(series_uid)
         out = self.store.results_dir(series_uid, self.model_hash)
-        record: dict[str, Any] = {}
         try:
-            result = self._diagnose(folder)
+            result: StudyResult | None = self._diagnose(folder)
+            reason = kind = ""
         except CovidCTError as exc:
-            reason = str(exc).replace(str(folder), "the received series")
-            log.info("series %s (%d instances): not diagnosed (%s)", key, len(files), type(exc).__name__)
-            record["diagnose_s"] = round(time.perf_counter() - t0, 3)
-            t1 = time.perf_counter()
+            result, reason = None, str(exc).replace(str(folder), "the received series")
+            kind = type(exc).__name__
+        record: dict[str, Any] = {"diagnose_s": round(time.perf_counter() - t0, 3)}
+        t1 = time.perf_counter()
+        if result is None:
+            log.info("series %s (%d instances): not diagnosed (%s)", key, len(files), kind)
             paths = [write_failure(files, reason, out)]
             record.update(diagnosis=None, reason=reason)
         else:
-            record["diagnose_s"] = round(time.perf_counter() - t0, 3)
-            t1 = time.perf_counter()
             paths = write_results(result, out, explainer_source=self._explainer_source)
             record.update(diagnosis=result.diagnosis, branch=result.decision.branch)
             log.info(

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from covidct._files import atomic_write
+from covidct._files import atomic_write_bytes, atomic_write_text
 
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 
@@ -55,11 +55,11 @@ class NodeStore:
     def series_dir(self, series_uid: str) -> Path:
         return self.root / "incoming" / safe_uid(series_uid)
 
-    def store_instance(self, series_uid: str, sop_uid: str, write: Any) -> Path:
-        """Write one instance through ``write(tmp_path)``; it appears under its final name whole or not at all."""
+    def store_instance(self, series_uid: str, sop_uid: str, data: bytes) -> Path:
+        """Write one encoded instance; it appears under its final name whole or not at all."""
         folder = self.series_dir(series_uid)
         folder.mkdir(exist_ok=True, mode=0o700)
-        return atomic_write(folder / f"{safe_uid(sop_uid)}.dcm", write)
+        return atomic_write_bytes(folder / f"{safe_uid(sop_uid)}.dcm", data)
 
     def instances(self, series_uid: str) -> list[Path]:
         folder = self.series_dir(series_uid)
@@ -96,7 +96,4 @@ class NodeStore:
 
     def mark_answered(self, series_uid: str, model_hash: str, record: dict[str, Any]) -> None:
         doc = {"answered_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **record}
-        atomic_write(
-            self._answer_path(series_uid, model_hash),
-            lambda tmp: tmp.write_text(json.dumps(doc, indent=1), encoding="utf-8"),
-        )
+        atomic_write_text(self._answer_path(series_uid, model_hash), json.dumps(doc, indent=1))
