@@ -32,7 +32,7 @@ import platform
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from covidct import __version__
 from covidct._files import atomic_write, atomic_write_bytes
@@ -436,8 +436,14 @@ class Pipeline:
         return check_rule(self.card.get("rule", default_rule()), where=str(self.directory / CARD_NAME))
 
 
-def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = "torch") -> Pipeline:
-    """Load a pipeline MODEL_DIR: check the top card, its components and their hashes; build both stages."""
+def load_pipeline(
+    model_dir: str | Path, *, device: str = "cpu", backend: str = "torch", onnx: bool = False
+) -> Pipeline:
+    """Load a pipeline MODEL_DIR: check the top card, its components and their hashes; build both stages.
+
+    ``onnx``: both networks from the bundles' ONNX exports on ONNX Runtime, without torch (CPU;
+    :mod:`covidct.infer.onnx`; :class:`~covidct.infer.onnx.ExportMismatch` when an export is missing or altered).
+    """
     from covidct.classify.inference import SliceClassifier
 
     model_dir = Path(model_dir)
@@ -445,7 +451,13 @@ def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = 
     check_rule(card.get("rule", default_rule()), where=str(model_dir / CARD_NAME))
     components = dict(card.get("components", {}))
     cdir = model_dir / str(card.get("classifier", "classifier"))
-    classifier = SliceClassifier.from_bundle(cdir, device=device, backend=backend)
+    if onnx:
+        from covidct.infer.onnx import OnnxSliceClassifier
+
+        # duck-typed: the parts of SliceClassifier diagnosis uses (RunnerClassifier), Grad-CAM's network lazily
+        classifier = cast("SliceClassifier", OnnxSliceClassifier.from_bundle(cdir))
+    else:
+        classifier = SliceClassifier.from_bundle(cdir, device=device, backend=backend)
     expected = dict(components.get("classifier", {})).get("hash")
     if expected and classifier.card.get("hash") != expected:
         raise ModelError(
@@ -465,10 +477,16 @@ def load_pipeline(model_dir: str | Path, *, device: str = "cpu", backend: str = 
 
         segmenter = get_segmenter("classical", device=device)
     else:
-        from covidct.segment.unet import UNetSegmenter
-
         sdir = model_dir / seg_entry
-        unet = UNetSegmenter.from_bundle(sdir, device=device)
+        unet: Any
+        if onnx:
+            from covidct.infer.onnx import OnnxUNetSegmenter
+
+            unet = OnnxUNetSegmenter.from_bundle(sdir)
+        else:
+            from covidct.segment.unet import UNetSegmenter
+
+            unet = UNetSegmenter.from_bundle(sdir, device=device)
         expected = dict(components.get("segmenter", {})).get("hash")
         if expected and unet.card.get("hash") != expected:
             raise ModelError(

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from covidct.errors import ConfigError, ModelError, NotChestCTError
+from covidct.errors import ConfigError, NotChestCTError
 from covidct.registry import CLASS_NAMES
 
 if TYPE_CHECKING:
@@ -265,19 +265,20 @@ class Diagnoser:
         """Both networks on ONNX Runtime without torch (CPU, ``backend="auto"``, the bundle's exports present
         and current; written once here when the model folder is writable), else the PyTorch pipeline."""
         from covidct.bundle import load_pipeline
-        from covidct.infer.onnx import light_pipeline_reason, load_light_pipeline, onnxruntime_available
+        from covidct.infer.onnx import ExportMismatch, light_pipeline_reason, onnxruntime_available
 
         self.torch_free = False
         if self.device != "cpu" or backend != "auto" or not onnxruntime_available():
             return load_pipeline(self.model_dir, device=self.device)
         writable = os.access(self.model_dir, os.W_OK)
+        altered = False
         for attempt in range(2):
             reason = light_pipeline_reason(self.model_dir)
             if reason is None:
                 try:
-                    pipeline = load_light_pipeline(self.model_dir)
-                except ModelError as exc:  # an export file altered or damaged: redo it when we may
-                    reason = str(exc)
+                    pipeline = load_pipeline(self.model_dir, onnx=True)
+                except ExportMismatch as exc:  # an export file altered or damaged: redo it when we may
+                    reason, altered = str(exc), True
                 else:
                     self.torch_free = True
                     return pipeline
@@ -286,7 +287,7 @@ class Diagnoser:
             from covidct.infer.export import export_pipeline
 
             log.info("%s; exporting the networks to ONNX once (later runs need no torch)", reason)
-            export_pipeline(self.model_dir, force=reason is not None and "content does not match" in reason)
+            export_pipeline(self.model_dir, force=altered)
         log.info("PyTorch inference: %s (`covidct export-onnx MODEL` makes diagnosis torch-free)", reason)
         return load_pipeline(self.model_dir, device=self.device)
 

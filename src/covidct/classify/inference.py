@@ -35,7 +35,59 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-class SliceClassifier:
+class RunnerClassifier:
+    """What diagnosis needs of a slice classifier, whatever runs it: ``runner`` maps preprocessed inputs to
+    logits; ``image_size``, ``window`` and ``card`` come from the bundle. No torch here (the torch-free path
+    subclasses it too: :class:`covidct.infer.onnx.OnnxSliceClassifier`)."""
+
+    runner: Runner
+    image_size: int
+    window: Window
+    card: dict[str, Any]
+
+    def preprocess(
+        self, volume: CTVolume, mask: np.ndarray, indices: Sequence[int] | np.ndarray | None = None
+    ) -> np.ndarray:
+        """The network input for the chosen slices: ``(n, 1, S, S)`` float32 (see ``classifier_inputs``)."""
+        return classifier_inputs(
+            volume, mask, indices=indices, image_size=self.image_size, window=self.window
+        )
+
+    def predict_inputs(self, x: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
+        """Class probabilities ``(n, 3)`` float32 (registry order) for preprocessed inputs."""
+        x = np.asarray(x, dtype=np.float32)
+        if x.ndim != 4 or x.shape[1] != 1 or x.shape[2:] != (self.image_size, self.image_size):
+            raise ValueError(f"inputs must be (n, 1, {self.image_size}, {self.image_size}), got {x.shape}")
+        if x.shape[0] == 0:
+            return np.zeros((0, NUM_CLASSES), np.float32)
+        out = [self.runner(x[i : i + batch_size]) for i in range(0, x.shape[0], max(1, batch_size))]
+        return softmax(np.concatenate(out, axis=0).astype(np.float32))
+
+    def predict_volume(
+        self,
+        volume: CTVolume,
+        mask: np.ndarray,
+        *,
+        indices: Sequence[int] | np.ndarray | None = None,
+        batch_size: int = 16,
+    ) -> np.ndarray:
+        """Probabilities for every slice ``(n_slices, 3)``; rows of slices not in ``indices`` are NaN."""
+        n = volume.n_slices
+        idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+        probs = np.full((n, NUM_CLASSES), np.nan, dtype=np.float32)
+        step = max(1, batch_size)
+        for i in range(0, idx.size, step):
+            chunk = idx[i : i + step]
+            probs[chunk] = self._chunk_probabilities(volume, mask, chunk, step)
+        return probs
+
+    def _chunk_probabilities(
+        self, volume: CTVolume, mask: np.ndarray, chunk: np.ndarray, batch_size: int
+    ) -> np.ndarray:
+        return self.predict_inputs(self.preprocess(volume, mask, chunk), batch_size=batch_size)
+
+
+class SliceClassifier(RunnerClassifier):
     """A slice classifier ready for inference.
 
     ``network`` is the torch module (eval mode; for Grad-CAM), ``image_size`` the square input side in pixels,
@@ -133,48 +185,16 @@ class SliceClassifier:
             calibration=calibration,
         )
 
-    def preprocess(
-        self, volume: CTVolume, mask: np.ndarray, indices: Sequence[int] | np.ndarray | None = None
+    def _chunk_probabilities(
+        self, volume: CTVolume, mask: np.ndarray, chunk: np.ndarray, batch_size: int
     ) -> np.ndarray:
-        """The network input for the chosen slices: ``(n, 1, S, S)`` float32 (see ``classifier_inputs``)."""
-        return classifier_inputs(
-            volume, mask, indices=indices, image_size=self.image_size, window=self.window
-        )
-
-    def predict_inputs(self, x: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
-        """Class probabilities ``(n, 3)`` float32 (registry order) for preprocessed inputs."""
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim != 4 or x.shape[1] != 1 or x.shape[2:] != (self.image_size, self.image_size):
-            raise ValueError(f"inputs must be (n, 1, {self.image_size}, {self.image_size}), got {x.shape}")
-        if x.shape[0] == 0:
-            return np.zeros((0, NUM_CLASSES), np.float32)
-        out = [self.runner(x[i : i + batch_size]) for i in range(0, x.shape[0], max(1, batch_size))]
-        return softmax(np.concatenate(out, axis=0).astype(np.float32))
-
-    def predict_volume(
-        self,
-        volume: CTVolume,
-        mask: np.ndarray,
-        *,
-        indices: Sequence[int] | np.ndarray | None = None,
-        batch_size: int = 16,
-    ) -> np.ndarray:
-        """Probabilities for every slice ``(n_slices, 3)``; rows of slices not in ``indices`` are NaN."""
+        """A plain torch runner gets the slices prepared where the network runs (no host round trip on a GPU)."""
         from covidct.classify.backends import TorchRunner
 
-        n = volume.n_slices
-        idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-        probs = np.full((n, NUM_CLASSES), np.nan, dtype=np.float32)
-        step = max(1, batch_size)
         runner = self.runner
-        direct = runner if isinstance(runner, TorchRunner) and not runner.fixed_batch else None
-        for i in range(0, idx.size, step):
-            chunk = idx[i : i + step]
-            if direct is not None:  # prepare the slices where the network runs (no host round trip on a GPU)
-                probs[chunk] = softmax(direct(self._inputs_on(direct.device, volume, mask, chunk)))
-            else:
-                probs[chunk] = self.predict_inputs(self.preprocess(volume, mask, chunk), batch_size=step)
-        return probs
+        if isinstance(runner, TorchRunner) and not runner.fixed_batch:
+            return softmax(runner(self._inputs_on(runner.device, volume, mask, chunk)))
+        return super()._chunk_probabilities(volume, mask, chunk, batch_size)
 
     def _inputs_on(
         self, device: torch.device, volume: CTVolume, mask: np.ndarray, chunk: np.ndarray

@@ -22,14 +22,20 @@ if TYPE_CHECKING:
 
 import numpy as np
 
+from covidct.classify.backend_names import cpu_threads
+from covidct.classify.inference import RunnerClassifier
 from covidct.errors import ModelError
-from covidct.preprocess import SEGMENTER_WINDOW, classifier_inputs, resize_images, resize_labels, window
-from covidct.registry import LUNG_WINDOW, NUM_CLASSES, SEGMENTER_IMAGE_SIZE, Window
+from covidct.preprocess import SEGMENTER_WINDOW, resize_images, resize_labels, window
+from covidct.registry import LUNG_WINDOW, SEGMENTER_IMAGE_SIZE, Window
 
 log = logging.getLogger(__name__)
 
 SIDECAR: str = "onnx.json"
 ONNX_FILE: str = "model.onnx"
+
+
+class ExportMismatch(ModelError):
+    """A component's ONNX export is missing for its weights, or its file differs from the sidecar's sha256."""
 
 
 def onnxruntime_available() -> bool:
@@ -68,12 +74,6 @@ class OnnxRunner:
         return np.asarray(out, dtype=np.float32)
 
 
-def _threads() -> int:
-    from covidct.io.loader import available_cpus
-
-    return available_cpus()
-
-
 def sidecar_for(directory: Path, card: dict[str, Any]) -> dict[str, Any] | None:
     """The component's ONNX sidecar when it exists and matches the card's weights, else None."""
     path = directory / SIDECAR
@@ -95,13 +95,15 @@ def open_onnx(directory: Path, card: dict[str, Any], *, name: str) -> tuple[Onnx
 
     doc = sidecar_for(directory, card)
     if doc is None:
-        raise ModelError(f"{directory}: no ONNX export for these weights; run `covidct export-onnx MODEL`")
+        raise ExportMismatch(
+            f"{directory}: no ONNX export for these weights; run `covidct export-onnx MODEL`"
+        )
     path = directory / str(doc.get("file", ONNX_FILE))
     if file_sha256(path) != doc.get("sha256"):
-        raise ModelError(
+        raise ExportMismatch(
             f"{path}: content does not match {directory / SIDECAR}; run `covidct export-onnx MODEL`"
         )
-    return OnnxRunner(name, path, _threads()), doc
+    return OnnxRunner(name, path, cpu_threads()), doc
 
 
 def open_unet(
@@ -181,9 +183,10 @@ class OnnxUNetSegmenter(OnnxUNet):
         return mask
 
 
-class OnnxSliceClassifier:
-    """The slice classifier on ONNX Runtime: the parts of :class:`covidct.classify.inference.SliceClassifier`
-    diagnosis uses. ``network`` (for Grad-CAM) loads the torch network on first use, and only then."""
+class OnnxSliceClassifier(RunnerClassifier):
+    """The slice classifier on ONNX Runtime (preprocessing and probabilities from
+    :class:`~covidct.classify.inference.RunnerClassifier`). ``network`` (for Grad-CAM) loads the torch network on
+    first use, and only then."""
 
     calibration = None
 
@@ -229,32 +232,6 @@ class OnnxSliceClassifier:
                 self._torch = SliceClassifier.from_bundle(self.directory)
             return self._torch.network
 
-    def preprocess(self, volume: Any, mask: np.ndarray, indices: Any = None) -> np.ndarray:
-        return classifier_inputs(
-            volume, mask, indices=indices, image_size=self.image_size, window=self.window
-        )
-
-    def predict_inputs(self, x: np.ndarray, *, batch_size: int = 16) -> np.ndarray:
-        from covidct.classify.inference import softmax
-
-        x = np.asarray(x, dtype=np.float32)
-        if x.shape[0] == 0:
-            return np.zeros((0, NUM_CLASSES), np.float32)
-        out = [self.runner(x[i : i + batch_size]) for i in range(0, x.shape[0], max(1, batch_size))]
-        return softmax(np.concatenate(out, axis=0))
-
-    def predict_volume(
-        self, volume: Any, mask: np.ndarray, *, indices: Any = None, batch_size: int = 16
-    ) -> np.ndarray:
-        n = volume.n_slices
-        idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-        probs = np.full((n, NUM_CLASSES), np.nan, dtype=np.float32)
-        step = max(1, batch_size)
-        for i in range(0, idx.size, step):
-            chunk = idx[i : i + step]
-            probs[chunk] = self.predict_inputs(self.preprocess(volume, mask, chunk), batch_size=step)
-        return probs
-
 
 def light_pipeline_reason(model_dir: str | Path) -> str | None:
     """Why the torch-free path cannot run ``model_dir`` (None: it can)."""
@@ -272,34 +249,3 @@ def light_pipeline_reason(model_dir: str | Path) -> str | None:
         if sidecar_for(d, read_card(d, verify=False)) is None:
             return f"{d} has no ONNX export for its weights"
     return None
-
-
-def load_light_pipeline(model_dir: str | Path) -> Any:
-    """The pipeline with both networks on ONNX Runtime (a :class:`covidct.bundle.Pipeline`); ModelError when
-    an export is missing or does not match (see :func:`light_pipeline_reason`)."""
-    from covidct.bundle import Pipeline, check_rule, default_rule, read_card
-
-    model_dir = Path(model_dir)
-    card = read_card(model_dir, kind="pipeline")
-    check_rule(card.get("rule", default_rule()), where=str(model_dir))
-    components = dict(card.get("components", {}))
-    classifier = OnnxSliceClassifier.from_bundle(model_dir / str(card.get("classifier", "classifier")))
-    expected = dict(components.get("classifier", {})).get("hash")
-    if expected and classifier.card.get("hash") != expected:
-        raise ModelError(
-            f"{model_dir}: the classifier was retrained; rerun `covidct train ... --pipeline {model_dir}`"
-        )
-    seg_entry = str(card.get("segmenter", "classical"))
-    segmenter: Any
-    if seg_entry == "classical":
-        from covidct.segment.classical import ClassicalSegmenter
-
-        segmenter = ClassicalSegmenter()
-    else:
-        segmenter = OnnxUNetSegmenter.from_bundle(model_dir / seg_entry)
-        expected = dict(components.get("segmenter", {})).get("hash")
-        if expected and segmenter.card.get("hash") != expected:
-            raise ModelError(
-                f"{model_dir}: the segmenter was retrained; rerun `covidct train ... --pipeline {model_dir}`"
-            )
-    return Pipeline(directory=model_dir, card=card, segmenter=segmenter, classifier=classifier)  # type: ignore[arg-type]
