@@ -188,6 +188,8 @@ def _diagnose_all(
 ) -> int:
     from tqdm import tqdm
 
+    from covidct.diagnose import study_document
+
     failures = 0
     bar = tqdm(total=len(inputs), desc="studies", unit="study", disable=not progress or len(inputs) < 2)
     used_stems: set[str] = set()
@@ -214,8 +216,6 @@ def _diagnose_all(
         assert result is not None  # an outcome holds a result or an error
         if url is not None:
             result.input = url
-        from covidct.diagnose import study_document
-
         doc = study_document(result)
         d = result.decision
         tqdm.write(

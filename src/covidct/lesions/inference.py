@@ -5,6 +5,7 @@ done with the labels. :class:`LesionInferer` needs only ``predict_inputs``: the 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Final
 
 import numpy as np
@@ -38,7 +39,7 @@ def slice_input(hu: np.ndarray, box: tuple[slice, slice], image_size: int, win: 
     return resize_images(window(hu[box], win)[None], image_size)[0]
 
 
-class LesionInferer:
+class LesionInferer(ABC):
     """Apply a lesion network to studies or slice images; subclasses give ``predict_inputs``."""
 
     image_size: int
@@ -46,9 +47,9 @@ class LesionInferer:
     batch_size: int
     card: dict[str, Any]
 
+    @abstractmethod
     def predict_inputs(self, x: np.ndarray) -> np.ndarray:
         """Labels ``(n, S, S)`` uint8 for network inputs ``(n, S, S)`` or ``(n, 1, S, S)``."""
-        raise NotImplementedError
 
     def segment_image(self, img: np.ndarray) -> np.ndarray:
         """Lesion labels of one slice image (grey 0..255, cropped to the lungs), at the image's size."""
