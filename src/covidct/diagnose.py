@@ -301,12 +301,14 @@ class Diagnoser:
         from covidct.lesions.api import load_lesion_segmenter
 
         chosen = lesion_model if lesion_model is not None else self.model_dir / LESION_FOLDER
-        if self.torch_free and str(chosen) != "classical":  # the lesion model on ONNX Runtime too
+        # the pipeline's own lesion model joins the torch-free path (exported once into the model folder, like the
+        # other networks); a lesion bundle given apart (e.g. the shipped one) is never written to: it runs on ONNX
+        # Runtime once `covidct export-onnx` has exported it
+        if self.torch_free and lesion_model is None:
             from covidct.bundle import read_card
             from covidct.infer.onnx import sidecar_for
-            from covidct.lesions.api import resolve_lesion_dir
 
-            ldir = resolve_lesion_dir(chosen)
+            ldir = self.model_dir / LESION_FOLDER
             if sidecar_for(ldir, read_card(ldir, verify=False)) is None and os.access(ldir, os.W_OK):
                 from covidct.infer.export import export_pipeline
 
