@@ -21,7 +21,6 @@ phantom figure except the training data of ``today``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -34,26 +33,14 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 
 
-def real_manifest(data: Path, exclude: str, out: Path) -> Path:
-    """A manifest of the real series of ``data`` except ``exclude`` (slice labels as .npy beside it)."""
+def real_manifest(data: Path, exclude: str, out: Path, weight: float = 1.0) -> Path:
+    """A manifest of the real series of ``data`` except ``exclude``, all prescribed to training (with the
+    sampling ``weight`` within their class)."""
     from covidct.data.covidctmd import read_covidctmd
+    from covidct.data.manifest import write_manifest
 
-    out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for rec in read_covidctmd(data):
-        if rec.case == exclude:
-            continue
-        labels = ""
-        if rec.slice_labels is not None:
-            np.save(out / f"{rec.case}.npy", np.asarray(rec.slice_labels, dtype=np.uint8))
-            labels = f"{rec.case}.npy"
-        rows.append([rec.case, str(Path(rec.path).resolve()), rec.diagnosis, "train", labels])
-    path = out / "real.csv"
-    with path.open("w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["case", "path", "class", "split", "slice_labels"])
-        w.writerows(rows)
-    return path
+    records = [r for r in read_covidctmd(data) if r.case != exclude]
+    return write_manifest(records, out / "real.csv", split="train", weight=weight if weight != 1.0 else None)
 
 
 def train(data: list[Path], model_dir: Path, args: argparse.Namespace) -> Path:
@@ -79,28 +66,42 @@ def train(data: list[Path], model_dir: Path, args: argparse.Namespace) -> Path:
     return model_dir
 
 
-def score(model_dir: Path, record: Any) -> dict[str, Any]:
+def score(model_dir: Path, record: Any, lesion_gate: float = 0.0) -> dict[str, Any]:
+    """The held-out series diagnosed; with ``lesion_gate`` also the gated answer (shipped lesion model)."""
     from covidct.data.records import slice_classes
+    from covidct.decide import decide
     from covidct.diagnose import Diagnoser
     from covidct.evaluate.metrics import roc_auc
+    from covidct.lesions.api import resolve_lesion_dir
 
-    result = Diagnoser(model_dir, classify_all=True).diagnose(record.path)
-    probs = np.asarray(result.probabilities, dtype=np.float64)
-    truth = slice_classes(record, probs.shape[0])
-    infected = (truth != 0) if truth is not None else np.zeros(probs.shape[0], bool)
-    s = 1.0 - probs[:, 0]
-    return {
-        "case": record.case,
-        "truth": record.diagnosis,
-        "diagnosis": result.diagnosis,
-        "counts": result.decision.to_json()["counts"],
-        "slice_auc": roc_auc(infected, s),
-        "infected_slices": int(infected.sum()),
-        "slices": int(probs.shape[0]),
-        "mean_p_infected_on_clean": float(s[~infected].mean()) if (~infected).any() else float("nan"),
-        "scores": s.tolist(),
-        "infected": infected.astype(int).tolist(),
-    }
+    lesions = resolve_lesion_dir(None) if lesion_gate > 0 else None
+    result = Diagnoser(
+        model_dir, classify_all=True, lesion_model=lesions, lesion_gate=lesion_gate if lesions else None
+    ).diagnose(record.path)
+    gated = np.asarray(result.probabilities, dtype=np.float64)
+    raw = gated if result.classifier_probabilities is None else np.asarray(result.classifier_probabilities)
+    truth = slice_classes(record, raw.shape[0])
+    infected = (truth != 0) if truth is not None else np.zeros(raw.shape[0], bool)
+
+    def row(probs: np.ndarray, decision: Any) -> dict[str, Any]:
+        s = 1.0 - probs[:, 0]
+        return {
+            "case": record.case,
+            "truth": record.diagnosis,
+            "diagnosis": decision.diagnosis,
+            "counts": decision.to_json()["counts"],
+            "slice_auc": roc_auc(infected, s),
+            "infected_slices": int(infected.sum()),
+            "slices": int(raw.shape[0]),
+            "mean_p_infected_on_clean": float(s[~infected].mean()) if (~infected).any() else float("nan"),
+            "scores": s.tolist(),
+            "infected": infected.astype(int).tolist(),
+        }
+
+    out = row(raw, decide(raw))
+    if result.classifier_probabilities is not None:
+        out["gated"] = row(gated, result.decision) | {"gated_slices": result.decision.gated_slices}
+    return out
 
 
 def study_inputs(records: list[Any], args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -198,6 +199,18 @@ def main() -> int:
     p.add_argument("--max-slices", type=int, default=48)
     p.add_argument("--variants", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--real-weight",
+        type=float,
+        default=1.0,
+        help="sampling weight of the real series' slices within their class (scripts/pretrained.py: 4)",
+    )
+    p.add_argument(
+        "--lesion-gate",
+        type=float,
+        default=0.0,
+        help="also score the held-out series with this lesion gate (shipped lesion model; 0: not)",
+    )
     p.add_argument("--md", type=Path, default=ROOT / "benchmarks/results/real-loso.md")
     p.add_argument("--render", action="store_true", help="only re-render the table from OUT/loso-*.json")
     p.add_argument(
@@ -223,7 +236,7 @@ def main() -> int:
         for case in args.cases.split(","):
             fold = out / recipe / case
             t0 = time.perf_counter()
-            data = [real_manifest(args.data, case, fold / "real")]
+            data = [real_manifest(args.data, case, fold / "real", args.real_weight)]
             if recipe == "today":
                 if not (phantoms / "cohort.csv").is_file():
                     generate_cohort(
@@ -260,14 +273,16 @@ def main() -> int:
             else:
                 raise SystemExit(f"unknown recipe {recipe}")
             model = train(data, fold / "model", args)
-            row = score(model, records[case])
+            row = score(model, records[case], args.lesion_gate)
             row["seconds"] = round(time.perf_counter() - t0, 1)
             results[recipe].append(row)
-            print(
-                f"{recipe:10s} {case:10s} truth {row['truth']:8s} said {row['diagnosis']:8s} "
-                f"slice AUC {row['slice_auc']:.3f} counts {row['counts']} ({row['seconds']} s)",
-                flush=True,
-            )
+            for tag, r in (("", row), (" +gate", row.get("gated"))):
+                if r is not None:
+                    print(
+                        f"{recipe + tag:16s} {case:10s} truth {r['truth']:8s} said {r['diagnosis']:8s} "
+                        f"slice AUC {r['slice_auc']:.3f} counts {r['counts']} ({row['seconds']} s)",
+                        flush=True,
+                    )
             (out / f"loso-{args.recipes.replace(',', '-')}.json").write_text(
                 json.dumps(results, indent=1, default=str)
             )
@@ -288,7 +303,14 @@ def render(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
         "| recipe | held out | truth | answer | counts (normal, cap, covid19) | slice AUC | mean 1-p(normal), clean slices |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
+    expanded: dict[str, list[dict[str, Any]]] = {}
     for recipe, rows in results.items():
+        expanded[recipe] = rows
+        if rows and all("gated" in r for r in rows):
+            expanded[f"{recipe} + lesion gate {getattr(args, 'lesion_gate', 0):g}"] = [
+                r["gated"] for r in rows
+            ]
+    for recipe, rows in expanded.items():
         for r in rows:
             c = r["counts"]
             counts = (

@@ -6,11 +6,13 @@ Steps (each skipped when its output exists, so a rerun continues):
 1. a realistic cohort from every real labelled series here (``covidct synth-real``: synthetic COVID-19 / CAP
    drawn into the real series' normal slices, lesion textures from COVID-SemiSeg's training images, plus
    those training images as real COVID-19 slices and the series' normal slices given their look);
-2. the slice classifier trained on that cohort plus the real series themselves (no phantoms), a fixed budget
-   of epochs x steps (same seed, same weights);
+2. the slice classifier trained on that cohort plus the real series themselves (no phantoms; the real series
+   are prescribed to the training split, so none is lost to validation), a fixed budget of epochs x steps
+   (same seed, same weights);
 3. export to ``models/``: weights as float16 safetensors, the int8 calibration slices left out (they are
-   real pixels), the lung segmenter the classical one (no weights), and a card naming the data, its terms
-   and the figures measured by ``--figures`` (a JSON written by ``benchmarks/real_loso.py`` and this script).
+   real pixels), the lung segmenter the classical one (no weights; the masks the classifier trained on), the
+   shipped lesion model kept (``--lesions``, default ``models/lesions``), and a card naming the data, its
+   terms and the figures measured by ``--figures`` (a JSON of figures measured on real CT).
 """
 
 from __future__ import annotations
@@ -50,21 +52,27 @@ def build(args: argparse.Namespace) -> Path:
 
 
 def train(args: argparse.Namespace, manifest: Path) -> Path:
+    from covidct.data.covidctmd import read_covidctmd
+    from covidct.data.manifest import write_manifest
     from covidct.train.classifier import train_classifier
     from covidct.train.config import ClassifierConfig
 
     model = args.work / "model"
     if (model / "model.json").is_file():
         return model
+    real = write_manifest(
+        read_covidctmd(args.data), args.work / "real" / "real.csv", split="train", weight=args.real_weight
+    )
     train_classifier(
         ClassifierConfig(
-            data=[manifest, manifest.parent / "slices", args.data],
+            data=[real, manifest, manifest.parent / "slices"],
             out_dir=model / "classifier",
             arch=args.arch,
             image_size=args.image_size,
             epochs=args.epochs,
             steps_per_epoch=args.steps,
             patience=args.patience,
+            lr=args.lr,
             max_slices_per_study=args.max_slices,
             seed=args.seed,
             device=args.device,
@@ -76,8 +84,11 @@ def train(args: argparse.Namespace, manifest: Path) -> Path:
     return model
 
 
-def export(model: Path, dest: Path, figures: dict[str, Any]) -> Path:
-    """Write ``dest`` (the shipped pipeline) from a trained pipeline folder: fp16 weights, no calibration."""
+def export(
+    model: Path, dest: Path, figures: dict[str, Any], lesions: Path | None, lesion_gate: float = 0.0
+) -> Path:
+    """Write ``dest`` (the shipped pipeline) from a trained pipeline folder: fp16 weights, no calibration,
+    with a copy of the lesion bundle ``lesions`` (its card and weights only, no run-time exports)."""
     from covidct.bundle import load_component, read_card, save_component, write_card, write_pipeline
 
     card, state = load_component(model / "classifier", kind="classifier")
@@ -89,6 +100,10 @@ def export(model: Path, dest: Path, figures: dict[str, Any]) -> Path:
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_component(tmp / "classifier", half, body)
+    if lesions is not None:
+        (tmp / "lesions").mkdir()
+        for name in ("model.json", "weights.safetensors"):
+            shutil.copy2(lesions / name, tmp / "lesions" / name)
     write_pipeline(tmp, segmenter="classical", name=body.get("name"))
     pipe = read_card(tmp, kind="pipeline")
     pipe.pop("hash", None)
@@ -99,6 +114,8 @@ def export(model: Path, dest: Path, figures: dict[str, Any]) -> Path:
         "train/multiclass and train/pseudo-label (validation images held out)",
         "phantoms": "none",
     }
+    if lesions is not None and lesion_gate > 0:
+        pipe["lesion_gate"] = lesion_gate
     pipe["figures"] = figures
     write_card(tmp, pipe)
     if dest.exists():
@@ -126,7 +143,23 @@ def main() -> int:
     p.add_argument("--patience", type=int, default=12)
     p.add_argument("--max-slices", type=int, default=48)
     p.add_argument("--variants", type=int, default=4)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument(
+        "--real-weight",
+        type=float,
+        default=4.0,
+        help="sampling weight of the real series' slices within their class (1: as any other study)",
+    )
+    p.add_argument(
+        "--lesion-gate",
+        type=float,
+        default=0.01,
+        help="the pipeline card's lesion gate (a lung fraction; 0: off), see covidct.decide.gate_by_lesions",
+    )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--lesions", type=Path, default=ROOT / "models" / "lesions", help="lesion bundle to ship beside it"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--export-only", action="store_true", help="only (re)export an already trained model")
     args = p.parse_args()
@@ -134,7 +167,17 @@ def main() -> int:
     if not args.export_only:
         model = train(args, build(args))
     figures = json.loads(args.figures.read_text()) if args.figures else {}
-    print(export(model, args.dest, figures))
+    lesions = args.lesions if (args.lesions / "model.json").is_file() else None
+    if (
+        lesions is not None and args.dest.resolve() in lesions.resolve().parents
+    ):  # copied before dest is replaced
+        keep = args.work / "lesions-shipped"
+        shutil.rmtree(keep, ignore_errors=True)
+        keep.mkdir(parents=True)
+        for name in ("model.json", "weights.safetensors"):
+            shutil.copy2(lesions / name, keep / name)
+        lesions = keep
+    print(export(model, args.dest, figures, lesions, args.lesion_gate))
     return 0
 
 

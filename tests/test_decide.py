@@ -291,3 +291,72 @@ def test_more_covid_slices_never_turn_covid_into_another_answer() -> None:
         arr[np.flatnonzero(arr == N)[: int(rng.integers(1, 30))]] = V
         if d.diagnosis == "covid19":
             assert decide(arr, variant="no_truncation").diagnosis == "covid19"
+
+
+# --- lesion gate ---------------------------------------------------------------------------------------------
+
+
+def _probs(labels: list[int], p: float = 0.9) -> np.ndarray:
+    out = np.full((len(labels), 3), (1.0 - p) / 2.0)
+    out[np.arange(len(labels)), labels] = p
+    return out
+
+
+def test_gate_scales_disease_by_lesion_fraction_and_rows_still_sum_to_one() -> None:
+    from covidct.decide import gate_by_lesions
+
+    probs = _probs([V, C, N, V])
+    probs[3] = np.nan
+    frac = np.array([0.0, 0.005, 0.0, 0.02])
+    out = gate_by_lesions(probs, frac, min_fraction=0.01)
+    np.testing.assert_allclose(out[0], [1.0, 0.0, 0.0])  # no lesion: all mass to normal
+    np.testing.assert_allclose(out[1, 1:], probs[1, 1:] * 0.5)  # half the gate: disease halved
+    np.testing.assert_allclose(out[:3].sum(axis=1), 1.0)
+    np.testing.assert_allclose(out[2], [1.0, 0.0, 0.0])  # a normal slice stays normal
+    assert np.isnan(out[3]).all()  # an unclassified slice stays unclassified
+
+
+def test_gate_turns_a_lesionless_series_normal_and_says_so() -> None:
+    labels = padded([V] * 76)
+    frac = np.zeros(100)
+    frac[10:20] = 0.05  # lesions on 10 of the 76 kept slices (13% <= 20%)
+    plain = decide(_probs(labels))
+    gated = decide(_probs(labels), lesion_fraction=frac, lesion_gate=0.01)
+    assert plain.diagnosis == "covid19"
+    assert gated.diagnosis == "normal" and gated.branch == "normal"
+    assert gated.counts == {"normal": 66, "cap": 0, "covid19": 10}
+    assert gated.gated_slices == 66
+    assert gated.params["lesion_gate"] == 0.01 and "lesion_gate" not in plain.params
+    doc = gated.to_json()
+    assert doc["gated_slices"] == 66 and "lesion gate 1% of the lung: 66 kept slice(s)" in doc["explanation"]
+    json.dumps(doc)
+
+
+def test_gate_keeps_slices_with_enough_lesion() -> None:
+    labels = padded([C] * 40 + [N] * 36)
+    frac = np.full(100, 0.03)
+    gated = decide(_probs(labels), lesion_fraction=frac, lesion_gate=0.01)
+    assert gated.diagnosis == "cap" and gated.gated_slices == 0
+    assert gated.to_json() | {"params": None} == decide(_probs(labels)).to_json() | {
+        "params": None,
+        "explanation": gated.to_json()["explanation"],
+    }
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lesion_gate": 0.01}, "lesion fraction"),
+        ({"lesion_gate": 1.5, "lesion_fraction": np.zeros(100)}, r"in \(0, 1\)"),
+        ({"lesion_gate": 0.01, "lesion_fraction": np.zeros(99)}, "99 lesion fractions for 100 slices"),
+        ({"lesion_gate": 0.01, "lesion_fraction": np.full(100, -1.0)}, "finite and >= 0"),
+    ],
+)
+def test_gate_rejects_bad_arguments(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        decide(_probs(padded([V] * 76)), **kwargs)
+
+
+def test_gate_needs_probabilities_not_labels() -> None:
+    with pytest.raises(ValueError, match=r"\(n, 3\) probabilities"):
+        decide(padded([V] * 76), lesion_fraction=np.zeros(100), lesion_gate=0.01)

@@ -201,6 +201,17 @@ def check_rule(rule: Any, *, where: str, error: type[Exception] = ModelError) ->
     return out
 
 
+def check_lesion_gate(value: Any, *, where: str, error: type[Exception] = ModelError) -> float:
+    """A lesion gate as a float in [0, 1) (0: off), else ``error`` naming ``where``."""
+    try:
+        gate = float(value)
+    except (TypeError, ValueError):
+        raise error(f"{where}: lesion_gate must be a lung fraction such as 0.01, got {value!r}") from None
+    if not (0.0 <= gate < 1.0):
+        raise error(f"{where}: lesion_gate must be in [0, 1) (0 turns it off), got {gate!r}")
+    return gate
+
+
 def write_card(directory: Path, card: dict[str, Any]) -> dict[str, Any]:
     """Stamp ``hash`` and write ``model.json`` atomically (NaN as null); returns the stamped card."""
     card = json_safe(dict(card))
@@ -434,6 +445,11 @@ class Pipeline:
     def rule(self) -> dict[str, float]:
         """The checked patient-rule parameters (``head``, ``tail``, ``threshold``)."""
         return check_rule(self.card.get("rule", default_rule()), where=str(self.directory / CARD_NAME))
+
+    @property
+    def lesion_gate(self) -> float:
+        """The card's ``lesion_gate`` (a lung fraction, see :func:`covidct.decide.gate_by_lesions`; 0: off)."""
+        return check_lesion_gate(self.card.get("lesion_gate", 0.0), where=str(self.directory / CARD_NAME))
 
 
 def load_pipeline(

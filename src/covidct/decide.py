@@ -35,6 +35,13 @@ COVID-19.
 the whole sequence), ``"no_rule"`` (plain majority of the kept slices, same tie order; branch
 ``"plain_majority"``).
 
+**Lesion gate** (ours, not the paper's; off unless a pipeline's card or the caller sets it): with
+``lesion_gate = t > 0`` and each slice's lesion fraction ``f`` (lesion pixels / lung pixels, from a lesion
+model that never saw the classifier's training labels), the classifier's COVID-19 and CAP probabilities of a
+slice are scaled by ``min(1, f / t)`` and normal takes the rest (:func:`gate_by_lesions`) before the rule
+counts. A slice without visible lesion therefore cannot count as diseased however the classifier scored it;
+``Decision.gated_slices`` counts the kept slices whose label the gate turned to normal.
+
 **Degenerate inputs.** No slices, or no classified slice at all, raise :class:`NoSlicesError` (an
 :class:`~covidct.errors.InputError` and a :class:`ValueError`).
 """
@@ -59,7 +66,15 @@ from covidct.registry import (
     Diagnosis,
 )
 
-__all__ = ["VARIANTS", "Decision", "NoSlicesError", "decide", "kept_range", "slice_labels"]
+__all__ = [
+    "VARIANTS",
+    "Decision",
+    "NoSlicesError",
+    "decide",
+    "gate_by_lesions",
+    "kept_range",
+    "slice_labels",
+]
 
 #: The ablation variants of the paper's Table 2, in the order of that table.
 VARIANTS: Final[tuple[str, ...]] = ("no_truncation", "no_rule", "full")
@@ -94,6 +109,7 @@ class Decision:
     variant: str
     params: dict[str, float]
     truncation_fallback: bool = False
+    gated_slices: int = 0
 
     @property
     def n_slices(self) -> int:
@@ -119,6 +135,7 @@ class Decision:
             "variant": self.variant,
             "params": dict(self.params),
             "truncation_fallback": self.truncation_fallback,
+            "gated_slices": self.gated_slices,
             "explanation": self.explain(),
         }
 
@@ -149,6 +166,12 @@ class Decision:
             why = f"normal is the majority and COVID-19 + CAP = {frac:.1f}% <= {thr:g}% -> Normal"
         else:  # plain_majority
             why = f"plain majority (no rule) -> {answer}"
+        gate = self.params.get("lesion_gate", 0.0)
+        if gate > 0:
+            where += (
+                f"; lesion gate {100.0 * gate:g}% of the lung: {self.gated_slices} kept slice(s) without "
+                "that much lesion counted normal"
+            )
         return f"{where}; {counts}; {why}"
 
 
@@ -224,6 +247,32 @@ def slice_labels(predictions: Sequence[int] | Sequence[float] | np.ndarray) -> n
     return labels
 
 
+def gate_by_lesions(
+    probabilities: np.ndarray, lesion_fraction: np.ndarray, *, min_fraction: float
+) -> np.ndarray:
+    """Slice probabilities with the COVID-19 and CAP columns scaled by ``min(1, f / min_fraction)``.
+
+    ``probabilities``: ``(n, 3)`` (normal, cap, covid19; NaN rows stay NaN); ``lesion_fraction``: ``(n,)``,
+    each slice's lesion pixels over its lung pixels (0 where the slice has no lung). Normal takes the mass the
+    scaling removes, so each row still sums to 1. ``min_fraction`` must be in (0, 1).
+    """
+    probs = np.asarray(probabilities, dtype=np.float64)
+    frac = np.asarray(lesion_fraction, dtype=np.float64).reshape(-1)
+    if probs.ndim != 2 or probs.shape[1] != NUM_CLASSES:
+        raise ValueError(f"the lesion gate needs (n, {NUM_CLASSES}) probabilities, got shape {probs.shape}")
+    if frac.shape[0] != probs.shape[0]:
+        raise ValueError(f"{frac.shape[0]} lesion fractions for {probs.shape[0]} slices; give one per slice")
+    if not (math.isfinite(min_fraction) and 0.0 < min_fraction < 1.0):
+        raise ValueError(f"lesion gate must be a lung fraction in (0, 1), got {min_fraction!r}")
+    if np.any(~np.isfinite(frac)) or np.any(frac < 0):
+        raise ValueError("lesion fractions must be finite and >= 0")
+    weight = np.minimum(1.0, frac / min_fraction)[:, None]
+    out = probs.copy()
+    out[:, 1:] = probs[:, 1:] * weight
+    out[:, 0] = 1.0 - out[:, 1:].sum(axis=1)
+    return out
+
+
 def _winner(counts: np.ndarray, candidates: Sequence[int]) -> int:
     """Class with the most slices among ``candidates``; ties resolved by ``_TIE_ORDER``."""
     best = max(int(counts[c]) for c in candidates)
@@ -237,17 +286,26 @@ def decide(
     head: float = TRUNCATE_HEAD,
     tail: float = TRUNCATE_TAIL,
     threshold: float = ABNORMAL_FRACTION_THRESHOLD,
+    lesion_fraction: np.ndarray | None = None,
+    lesion_gate: float = 0.0,
 ) -> Decision:
     """Apply the patient rule (see the module docstring) to one study's slice predictions.
 
     ``predictions``: ``(n,)`` int labels or ``(n, 3)`` probabilities, superior -> inferior; NaN rows (or
     label ``-1``) are slices that were not classified. ``variant``: ``"full"``, ``"no_truncation"`` or
     ``"no_rule"``. ``head``/``tail``: fractions dropped at the superior/inferior end; ``threshold``: fraction
-    of the kept length that COVID-19 + CAP must exceed when normal is the majority.
+    of the kept length that COVID-19 + CAP must exceed when normal is the majority. ``lesion_gate`` > 0 (with
+    ``(n, 3)`` probabilities and one ``lesion_fraction`` per slice) applies :func:`gate_by_lesions` first.
     """
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}")
     _check_params(head, tail, threshold)
+    before: np.ndarray | None = None
+    if lesion_gate:
+        if lesion_fraction is None:
+            raise ValueError("the lesion gate needs each slice's lesion fraction (lesion_fraction)")
+        before = slice_labels(predictions)
+        predictions = gate_by_lesions(np.asarray(predictions), lesion_fraction, min_fraction=lesion_gate)
     labels = slice_labels(predictions)
     n = int(labels.size)
     if n == 0:
@@ -279,6 +337,11 @@ def decide(
         else:
             label, branch = normal, "normal"
 
+    params = {"head": float(head), "tail": float(tail), "threshold": float(threshold)}
+    gated = 0
+    if before is not None:
+        params["lesion_gate"] = float(lesion_gate)
+        gated = int(np.sum((before[start:stop] > 0) & (labels[start:stop] == 0)))
     return Decision(
         diagnosis=CLASS_NAMES[label],
         label=label,
@@ -288,6 +351,7 @@ def decide(
         fractions={name: float(counts[i]) / total for i, name in enumerate(CLASS_NAMES)},
         branch=branch,
         variant=variant,
-        params={"head": float(head), "tail": float(tail), "threshold": float(threshold)},
+        params=params,
         truncation_fallback=fallback,
+        gated_slices=gated,
     )

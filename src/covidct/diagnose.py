@@ -39,6 +39,9 @@ class StudyResult:
     ``mask`` is the uint8 lung mask shaped like ``volume.hu``.
     ``lesions`` (uint8, 0 / 1 ground glass / 2 consolidation) and ``involvement`` (see
     :func:`covidct.lesions.quantify.involvement`) are set when the diagnoser has a lesion model.
+    With a lesion gate (:func:`covidct.decide.gate_by_lesions`), ``probabilities`` are the gated ones the
+    rule counted, ``classifier_probabilities`` the classifier's own and ``lesion_fraction`` each slice's
+    lesion pixels over lung pixels.
     """
 
     input: str
@@ -51,6 +54,8 @@ class StudyResult:
     software: dict[str, str] = field(default_factory=dict)
     lesions: np.ndarray | None = None
     involvement: dict[str, Any] | None = None
+    classifier_probabilities: np.ndarray | None = None
+    lesion_fraction: np.ndarray | None = None
 
     @property
     def diagnosis(self) -> str:
@@ -81,6 +86,16 @@ class StudyResult:
         }
         if self.involvement is not None:
             doc["involvement"] = self.involvement
+        if self.classifier_probabilities is not None and self.lesion_fraction is not None:
+            doc["lesion_gate"] = {
+                "min_fraction": self.decision.params.get("lesion_gate"),
+                "gated_slices": self.decision.gated_slices,
+                "slice_lesion_fraction": [round(float(v), 6) for v in self.lesion_fraction],
+                "classifier_probabilities": [
+                    [None if np.isnan(v) else round(float(v), 6) for v in row]
+                    for row in self.classifier_probabilities
+                ],
+            }
         return doc
 
 
@@ -100,6 +115,14 @@ class Outcome(NamedTuple):
     source: str | Path | CTVolume
     result: StudyResult | None
     error: Exception | None
+
+
+def slice_lesion_fraction(lesions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Each slice's lesion pixels inside the lung over its lung pixels (0 for a slice without lung)."""
+    lung = np.asarray(mask) > 0
+    lung_px = lung.sum(axis=(1, 2))
+    lesion_px = ((np.asarray(lesions) > 0) & lung).sum(axis=(1, 2))
+    return np.where(lung_px > 0, lesion_px / np.maximum(lung_px, 1), 0.0)
 
 
 def lung_volumes_ml(mask: np.ndarray, volume: CTVolume) -> dict[str, float]:
@@ -221,8 +244,9 @@ class Diagnoser:
         classify_all: bool = False,
         workers: int | None = None,
         lesion_model: str | Path | None = None,
+        lesion_gate: float | None = None,
     ) -> None:
-        from covidct.bundle import software_versions
+        from covidct.bundle import check_lesion_gate, software_versions
         from covidct.classify.backend_names import BACKENDS, unavailable_reason
 
         if batch_size is None:
@@ -260,6 +284,16 @@ class Diagnoser:
         )
         self.backend = TORCH_FREE if self.torch_free else self._install_backend(backend)
         self.lesion_segmenter = self._load_lesions(lesion_model)
+        self.lesion_gate = (
+            self.pipeline.lesion_gate
+            if lesion_gate is None
+            else check_lesion_gate(lesion_gate, where="lesion gate", error=ConfigError)
+        )
+        if self.lesion_gate > 0 and self.lesion_segmenter is None:
+            raise ConfigError(
+                f"the lesion gate ({self.lesion_gate:g} of the lung) needs a lesion model: give one "
+                "(--lesions) or turn the gate off (--lesion-gate 0)"
+            )
 
     def _load_pipeline(self, backend: str) -> Any:
         """Both networks on ONNX Runtime without torch (CPU, ``backend="auto"``, the bundle's exports present
@@ -466,9 +500,6 @@ class Diagnoser:
         timing["classify"] = time.perf_counter() - t
         require_chest()
 
-        t = time.perf_counter()
-        decision = decide(probs, head=self.head, tail=self.tail, threshold=self.threshold)
-        timing["decide"] = time.perf_counter() - t
         lesions, involvement = None, None
         if self.lesion_segmenter is not None:
             from covidct.lesions.api import lesions_of_volume
@@ -476,6 +507,23 @@ class Diagnoser:
             t = time.perf_counter()
             lesions, involvement = lesions_of_volume(self.lesion_segmenter, volume, mask)
             timing["lesions"] = time.perf_counter() - t
+        t = time.perf_counter()
+        raw, fraction = None, None
+        if self.lesion_gate > 0 and lesions is not None:
+            raw, fraction = np.asarray(probs, dtype=np.float32), slice_lesion_fraction(lesions, mask)
+        decision = decide(
+            probs,
+            head=self.head,
+            tail=self.tail,
+            threshold=self.threshold,
+            lesion_fraction=fraction,
+            lesion_gate=self.lesion_gate if fraction is not None else 0.0,
+        )
+        if raw is not None and fraction is not None:
+            from covidct.decide import gate_by_lesions
+
+            probs = gate_by_lesions(raw, fraction, min_fraction=self.lesion_gate)
+        timing["decide"] = time.perf_counter() - t
         timing["total"] = t_load + time.perf_counter() - t_start
         model: dict[str, Any] = dict(self.pipeline.identity.to_json())
         model["backend"] = self.backend
@@ -490,4 +538,6 @@ class Diagnoser:
             software=self._software,
             lesions=lesions,
             involvement=involvement,
+            classifier_probabilities=raw,
+            lesion_fraction=fraction,
         )

@@ -153,3 +153,43 @@ def test_index_class_mismatch_warning_names_the_case(
     assert rec.diagnosis == "cap"
     (msg,) = [r.getMessage() for r in caplog.records if "Index.csv says" in r.getMessage()]
     assert "P001" in msg and "covid19" in msg
+
+
+def test_write_manifest_round_trip_with_split_weight_and_slice_labels(tmp_path: Path) -> None:
+    from covidct.data.manifest import write_manifest
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    records = [
+        StudyRecord("A1", tmp_path / "a", "covid19", slice_labels=np.array([0, 1, 1], np.uint8)),
+        StudyRecord("B1", tmp_path / "b", "normal", split="val"),
+    ]
+    csv_path = write_manifest(records, tmp_path / "m" / "real.csv", split="train", weight=4)
+    back = {r.case: r for r in read_manifest(csv_path)}
+    assert back["A1"].split == back["B1"].split == "train"
+    assert back["A1"].extra["weight"] == back["B1"].extra["weight"] == 4.0
+    np.testing.assert_array_equal(back["A1"].slice_labels, [0, 1, 1])
+    assert back["B1"].slice_labels is None and back["A1"].path == (tmp_path / "a").resolve()
+    plain = read_manifest(write_manifest(records, tmp_path / "m2.csv"))
+    assert [r.split for r in plain] == [None, "val"] and all("weight" not in r.extra for r in plain)
+
+
+@pytest.mark.parametrize("weight", ["0", "-2", "heavy", "nan"])
+def test_manifest_bad_weight_names_the_row(tmp_path: Path, weight: str) -> None:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "m.csv").write_text(f"path,class,weight\ns,normal,{weight}\n")
+    with pytest.raises(InputError, match=r"m.csv:2: weight .* must be a positive number"):
+        read_manifest(tmp_path / "m.csv")
+
+
+def test_write_manifest_refuses_repeated_cases_and_bad_arguments(tmp_path: Path) -> None:
+    from covidct.data.manifest import write_manifest
+
+    rec = StudyRecord("A1", tmp_path, "normal")
+    with pytest.raises(InputError, match="case names repeat"):
+        write_manifest([rec, rec], tmp_path / "m.csv")
+    with pytest.raises(InputError, match="split 'dev'"):
+        write_manifest([rec], tmp_path / "m.csv", split="dev")
+    with pytest.raises(InputError, match="weight 0"):
+        write_manifest([rec], tmp_path / "m.csv", weight=0)
+    assert not (tmp_path / "m.csv").exists()

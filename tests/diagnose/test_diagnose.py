@@ -12,7 +12,7 @@ from covidct.cli._common import show_progress, study_stem
 from covidct.cli.main import main
 from covidct.decide import decide, kept_range
 from covidct.diagnose import Diagnoser, check_device
-from covidct.errors import ConfigError, InputError, NotChestCTError
+from covidct.errors import ConfigError, InputError, ModelError, NotChestCTError
 from covidct.registry import CLASS_NAMES
 
 
@@ -313,3 +313,76 @@ def test_int8_from_bundle_calibration(
     got, ref = int8.diagnose(other), diagnoser.diagnose(other)
     assert got.model["backend"] == "onnx-int8"
     assert _agreement(ref.probabilities, got.probabilities) >= 0.8
+
+
+def test_lesion_gate_decides_on_gated_probabilities(tiny_model_dir: Path, small_cohort: Path) -> None:
+    """With a gate, the rule counts the classifier's disease probabilities scaled by each slice's lesion
+    fraction; the JSON keeps the classifier's own probabilities and the fractions beside them."""
+    from covidct.decide import gate_by_lesions
+    from covidct.diagnose import slice_lesion_fraction
+
+    study = _study_dirs(small_cohort)[0]
+    gated = Diagnoser(tiny_model_dir, backend="torch", lesion_model="classical", lesion_gate=0.5).diagnose(
+        study
+    )
+    assert gated.classifier_probabilities is not None and gated.lesion_fraction is not None
+    assert gated.lesions is not None
+    np.testing.assert_allclose(gated.lesion_fraction, slice_lesion_fraction(gated.lesions, gated.mask))
+    expected = gate_by_lesions(gated.classifier_probabilities, gated.lesion_fraction, min_fraction=0.5)
+    np.testing.assert_allclose(gated.probabilities, expected, rtol=1e-5, atol=1e-6)
+    rows = ~np.isnan(gated.classifier_probabilities).any(axis=1)
+    assert np.abs(gated.probabilities[rows] - gated.classifier_probabilities[rows]).max() > 1e-3  # it gated
+    again = decide(gated.classifier_probabilities, lesion_fraction=gated.lesion_fraction, lesion_gate=0.5)
+    assert gated.decision == again
+    doc = gated.to_json()
+    assert doc["lesion_gate"]["min_fraction"] == 0.5
+    assert len(doc["lesion_gate"]["slice_lesion_fraction"]) == gated.volume.n_slices
+    assert doc["rule"]["gated_slices"] == gated.decision.gated_slices
+    plain = Diagnoser(tiny_model_dir, backend="torch", lesion_model="classical").diagnose(study)
+    assert "lesion_gate" not in plain.to_json() and plain.classifier_probabilities is None
+    np.testing.assert_allclose(plain.probabilities, gated.classifier_probabilities, rtol=1e-5, atol=1e-6)
+
+
+def test_lesion_gate_without_a_lesion_model_names_the_fix(tiny_model_dir: Path) -> None:
+    with pytest.raises(ConfigError, match="needs a lesion model"):
+        Diagnoser(tiny_model_dir, backend="torch", lesion_gate=0.01)
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        Diagnoser(tiny_model_dir, backend="torch", lesion_model="classical", lesion_gate=2.0)
+
+
+def test_card_lesion_gate_is_checked(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from covidct.bundle import load_pipeline, read_card, write_card
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    card = read_card(model, kind="pipeline")
+    card["lesion_gate"] = "much"
+    write_card(model, card)
+    with pytest.raises(ModelError, match="lesion_gate must be a lung fraction"):
+        load_pipeline(model).lesion_gate  # noqa: B018
+
+
+@pytest.mark.parametrize(
+    ("extra", "match"),
+    [
+        (["--lesion-gate", "0.01"], "needs a lesion model"),
+        (["--lesion-gate", "0.01", "--manifest", "x.csv"], "per-study options"),
+    ],
+)
+def test_cli_lesion_gate_errors_are_one_line(
+    tiny_model_dir: Path,
+    small_cohort: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: list[str],
+    match: str,
+) -> None:
+    args = ["diagnose", "--model", str(tiny_model_dir), "-o", str(tmp_path / "o"), *extra]
+    if "--manifest" not in extra:
+        args.insert(1, str(_study_dirs(small_cohort)[0]))
+    code = main(args)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and match in err[0], err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

@@ -310,3 +310,25 @@ def test_check_validation_refuses_an_empty_or_incomplete_validation_set(tmp_path
         part = check_validation(cfg, no_cap, {}, per_class=True)
     assert got["status"] == "none" and part["status"] == "incomplete" and part["missing_classes"] == ["cap"]
     assert "no usable validation: the validation set is empty" in caplog.text
+
+
+def test_study_weights_raise_a_study_within_its_class() -> None:
+    from covidct.data.records import StudyRecord
+    from covidct.train.classifier import sample_weights_of
+    from covidct.train.data import CachedStudy
+
+    def study(case: str, cls: int, n: int, **extra: float) -> CachedStudy:
+        rec = StudyRecord(case, Path(case), "normal", extra=dict(extra))
+        return CachedStudy(rec, np.zeros((n, 4, 4), np.float16), np.full(n, cls), np.arange(n))
+
+    studies = [study("real", 0, 10, weight=4.0), study("syn", 0, 40), study("cap", 1, 5)]
+    y = np.concatenate([s.y for s in studies])
+    w = sample_weights_of(studies, y, balanced=True)
+    assert w is not None
+    assert w[:10].sum() == pytest.approx(w[10:50].sum())  # 10 slices x 4 weigh as much as 40 x 1
+    assert w[:50].sum() == pytest.approx(w[50:].sum())  # the classes are still drawn equally often
+    np.testing.assert_allclose(
+        sample_weights_of(studies[1:], y[10:], balanced=True), balanced_weights(y[10:])
+    )
+    assert sample_weights_of(studies[1:], y[10:], balanced=False) is None
+    np.testing.assert_allclose(sample_weights_of(studies, y, balanced=False), [4.0] * 10 + [1.0] * 45)

@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         classify_all=args.classify_all,
         workers=args.workers,
         lesion_model=lesion_model_of(args.lesions),
+        lesion_gate=args.lesion_gate,
     )
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -249,10 +250,12 @@ def _run_cohort(args: argparse.Namespace) -> int:
         raise ConfigError("a cohort run (--manifest, --engine, --resume) writes a folder: give it with -o")
     if args.manifest and args.inputs:
         raise ConfigError("give studies either as arguments or with --manifest, not both")
-    if args.report or args.dicom_seg or args.save_mask or args.dicomweb_store or args.series or args.lesions:
+    per_study = (args.report, args.dicom_seg, args.save_mask, args.dicomweb_store, args.series, args.lesions)
+    if any(per_study) or args.lesion_gate is not None:
         raise ConfigError(
-            "--report, --dicom-seg, --save-mask, --dicomweb-store, --series and --lesions are per-study options; "
-            "a cohort run writes the per-study JSON and the results table"
+            "--report, --dicom-seg, --save-mask, --dicomweb-store, --series, --lesions and --lesion-gate are "
+            "per-study options; a cohort run writes the per-study JSON and the results table with the "
+            "pipeline's own settings"
         )
     studies = read_study_list(args.manifest) if args.manifest else studies_from_inputs(args.inputs)
     if not studies:
@@ -305,6 +308,14 @@ def add_lesions_argument(p: Any) -> None:
         metavar="MODEL",
         help="also segment lesions and add 'involvement' to the JSON: the shipped lesion model, a lesion "
         "bundle, or 'classical' (default: only when the pipeline folder has a lesions/ bundle)",
+    )
+    p.add_argument(
+        "--lesion-gate",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="count a slice as diseased only as far as the lesion model finds lesion in at least this "
+        "fraction of its lung (e.g. 0.01; 0 turns it off; default: the pipeline card's lesion_gate)",
     )
 
 

@@ -109,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         lesion_model=lesion_model_of(args.lesions),
+        lesion_gate=args.lesion_gate,
     )
     store = NodeStore(args.store or Path("covidct-node"))
     node = DicomNode(

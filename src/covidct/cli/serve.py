@@ -132,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         device=args.device,
         backend=args.backend,
         lesion_model=lesion_model_of(args.lesions),
+        lesion_gate=args.lesion_gate,
     )
     app = create_app(diagnoser, settings=settings)
     node = None

@@ -4,16 +4,19 @@ Columns (header required, case-insensitive): ``path`` (study folder/file, relati
 or absolute), ``class`` (normal / cap / covid19, display names accepted), optional ``split``
 (train / val / test), optional ``slice_labels`` (a ``.npy`` vector or a text file of 0/1 values, one per
 slice, superior first), optional ``mask`` (a ground-truth lung mask volume), optional ``case`` (defaults
-to the study's name).
+to the study's name), optional ``weight`` (a positive number: how much more often the classifier's training
+draws this study's slices than its class balance alone would; default 1).
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from covidct._files import atomic_write
 from covidct.data.records import StudyRecord
 from covidct.errors import InputError
 from covidct.registry import CLASS_NAMES, class_index
@@ -69,6 +72,15 @@ def read_manifest(path: str | Path) -> list[StudyRecord]:
                 mask = Path(get["mask"])
                 mask = mask if mask.is_absolute() else base / mask
             case = get.get("case") or study.name.split(".")[0]
+            extra = {}
+            if get.get("weight"):
+                try:
+                    weight = float(get["weight"])
+                except ValueError:
+                    weight = float("nan")
+                if not (weight > 0 and np.isfinite(weight)):
+                    raise InputError(f"{path}:{line}: weight {get['weight']!r} must be a positive number")
+                extra["weight"] = weight
             records.append(
                 StudyRecord(
                     case=case,
@@ -77,8 +89,55 @@ def read_manifest(path: str | Path) -> list[StudyRecord]:
                     slice_labels=flags,
                     mask_path=mask,
                     split=split.lower() if split else None,
+                    extra=extra,
                 )
             )
     if not records:
         raise InputError(f"{path}: the manifest lists no studies")
     return records
+
+
+def write_manifest(
+    records: Sequence[StudyRecord], path: str | Path, *, split: str | None = None, weight: float | None = None
+) -> Path:
+    """Write ``records`` as a manifest :func:`read_manifest` reads back (atomic).
+
+    Slice labels are saved as ``<case>.npy`` beside the CSV; ``split`` (train / val / test) prescribes one
+    split for every study (e.g. real series that must stay in training), else each record's own; ``weight``
+    gives every study that sampling weight (see the module docstring), else each record's own.
+    """
+    path = Path(path)
+    if split is not None and split not in SPLITS:
+        raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
+    if weight is not None and not (weight > 0 and np.isfinite(weight)):
+        raise InputError(f"weight {weight!r} must be a positive number")
+    if len({r.case for r in records}) != len(records):
+        raise InputError(f"{path}: case names repeat; a manifest needs one name per study")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in records:
+        labels = ""
+        if r.slice_labels is not None:
+            labels = f"{r.case}.npy"
+            np.save(path.parent / labels, np.asarray(r.slice_labels, dtype=np.uint8))
+        mask = str(Path(r.mask_path).resolve()) if r.mask_path is not None else ""
+        w = weight if weight is not None else r.extra.get("weight")
+        rows.append(
+            [
+                r.case,
+                str(Path(r.path).resolve()),
+                r.diagnosis,
+                split or r.split or "",
+                labels,
+                mask,
+                "" if w is None else f"{float(w):g}",
+            ]
+        )
+
+    def write(tmp: Path) -> None:
+        with tmp.open("w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(["case", "path", "class", "split", "slice_labels", "mask", "weight"])
+            w.writerows(rows)
+
+    return atomic_write(path, write)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,27 @@ def balanced_weights(y: np.ndarray) -> np.ndarray:
     """Per-slice sampling weights ``1 / count(class)``: each class is drawn equally often."""
     counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
     return np.where(counts[y] > 0, 1.0 / np.maximum(counts[y], 1), 0.0)
+
+
+def study_weights(studies: Sequence[CachedStudy]) -> np.ndarray:
+    """Per-slice factor from each study's ``weight`` (a manifest column; 1 when not given)."""
+    parts = [np.full(st.x.shape[0], float(st.record.extra.get("weight", 1.0))) for st in studies]
+    return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def sample_weights_of(studies: Sequence[CachedStudy], y: np.ndarray, *, balanced: bool) -> np.ndarray | None:
+    """The training draw's per-slice weights: study weights, then (when ``balanced``) rescaled so that every
+    class is drawn equally often; a weighted study takes a larger share of its own class only."""
+    w = study_weights(studies)
+    if not balanced:
+        return None if np.all(w == 1.0) else w
+    out = np.zeros(len(y), dtype=np.float64)
+    for c in range(NUM_CLASSES):
+        sel = y == c
+        total = w[sel].sum()
+        if total > 0:
+            out[sel] = w[sel] / total
+    return out
 
 
 def predict_studies(
@@ -145,6 +167,13 @@ def train_classifier(config: ClassifierConfig) -> Path:
         y = train_set.targets().astype(np.int64)
         summary["train_slices"] = slice_class_counts(studies["train"])
         summary["val_slices"] = slice_class_counts(studies["val"])
+        weighted = {
+            st.record.case: st.record.extra["weight"]
+            for st in studies["train"]
+            if "weight" in st.record.extra
+        }
+        if weighted:
+            summary["study_weights"] = weighted
         validation = check_validation(cfg, studies, summary, per_class=True)
         torch.manual_seed(cfg.seed)
         model = build_classifier(cfg.arch)
@@ -169,7 +198,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
             train_set=train_set,
             loss_fn=ce,
             evaluate=evaluate,
-            sample_weights=balanced_weights(y) if cfg.balanced else None,
+            sample_weights=sample_weights_of(studies["train"], y, balanced=cfg.balanced),
             validation=validation["status"] == "ok",
         )
         result = fit(
