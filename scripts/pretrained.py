@@ -97,6 +97,11 @@ def export(
     body = {k: v for k, v in card.items() if k not in drop}
     body["weights_dtype"] = "float16"
     body["terms"] = TERMS
+    training = dict(body.get("training") or {})
+    # no local paths in a shipped card: each source as <its folder>/<its name> inside the work folder
+    training["sources"] = [f"{Path(src).parent.name}/{Path(src).name}" for src in training.get("sources", [])]
+    training.pop("log", None)  # the training folder is not shipped
+    body["training"] = training
     tmp = dest.with_name(dest.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     save_component(tmp / "classifier", half, body)
@@ -117,6 +122,8 @@ def export(
     if lesions is not None and lesion_gate > 0:
         pipe["lesion_gate"] = lesion_gate
     pipe["figures"] = figures
+    if "training" in pipe:
+        pipe["training"] = training
     write_card(tmp, pipe)
     if dest.exists():
         shutil.rmtree(dest)

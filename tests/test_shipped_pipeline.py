@@ -1,0 +1,69 @@
+"""The pretrained pipeline shipped in models/: small, fp16, honest card, and its real-CT figures reproduced."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from covidct.registry import MODEL_ENV
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = ROOT / "models"
+
+pytestmark = pytest.mark.skipif(
+    not (SHIPPED / "model.json").is_file(),
+    reason="no pretrained pipeline in models/ (a source checkout has one)",
+)
+
+
+@pytest.fixture(scope="module")
+def card() -> dict[str, Any]:
+    return json.loads((SHIPPED / "model.json").read_text())
+
+
+def test_found_without_arguments(monkeypatch: pytest.MonkeyPatch) -> None:
+    from covidct.diagnose import resolve_model_dir
+
+    monkeypatch.delenv(MODEL_ENV, raising=False)
+    assert resolve_model_dir(None) == SHIPPED
+
+
+def test_small_fp16_and_its_card_names_data_terms_and_gate(card: dict[str, Any]) -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files", "models"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.split()
+    files = [ROOT / f for f in tracked] or [p for p in SHIPPED.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files if p.is_file()) < 60_000_000
+    classifier = json.loads((SHIPPED / "classifier" / "model.json").read_text())
+    assert classifier["weights_dtype"] == "float16" and "calibration" not in classifier
+    assert card["segmenter"] == "classical"  # the masks the classifier trained on (masks_used)
+    assert set(classifier["training"]["masks_used"]) == {"classical"}
+    assert "non-commercial" in card["terms"] and "COVID-CT-MD" in card["terms"]
+    assert card["data"]["phantoms"] == "none" and "P001" in card["data"]["real"]
+    assert card["lesion_gate"] == pytest.approx(0.01)
+    assert (SHIPPED / "lesions" / "model.json").is_file()
+    text = (SHIPPED / "model.json").read_text() + (SHIPPED / "classifier" / "model.json").read_text()
+    assert "/work/" not in text and "runs/" not in text  # no local paths shipped
+
+
+def test_card_figures_are_reproduced_on_a_real_series(shared_data: Path, card: dict[str, Any]) -> None:
+    """The card's real-CT figure for cap001 (a training series: a training-set figure, not a test) comes out
+    again from the shipped files: same answer, same slice counts."""
+    from covidct.data.covidctmd import read_covidctmd
+    from covidct.diagnose import Diagnoser
+
+    rows = {
+        r["case"]: r
+        for r in card["figures"]["real_ct_training_series"]
+        if r["lesion_gate"] == pytest.approx(card["lesion_gate"])
+    }
+    record = next(r for r in read_covidctmd(shared_data / "covid-ct-md") if r.case == "cap001")
+    result = Diagnoser(SHIPPED).diagnose(record.path)
+    assert result.diagnosis == rows["cap001"]["diagnosis"] == "cap"
+    assert result.decision.counts == rows["cap001"]["counts"]
+    assert result.lesion_fraction is not None and np.all(result.lesion_fraction >= 0)
