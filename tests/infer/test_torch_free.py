@@ -171,3 +171,24 @@ def test_the_lesion_model_on_onnx_runtime_gives_the_torch_labels(p001_dir: Path,
     assert got.any()
     agree = float((got == want).mean())
     assert agree > 0.99999, agree  # argmax ties aside, the same labels
+
+
+def test_float16_storage_halves_the_file_and_keeps_the_outputs(tmp_path: Path) -> None:
+    from covidct.infer.export import store_weights_as_float16, write_onnx
+    from covidct.infer.onnx import OnnxRunner
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 32, 3), torch.nn.BatchNorm2d(32), torch.nn.ReLU(), torch.nn.Conv2d(32, 64, 3)
+    ).eval()
+    with torch.no_grad():  # weights that float16 holds exactly, as a float16 bundle's are
+        for p in net.parameters():
+            p.copy_(p.half().float())
+    path = tmp_path / "m.onnx"
+    write_onnx(path, network=net, image_size=32, fold=False)
+    size = path.stat().st_size
+    x = np.random.default_rng(0).random((2, 1, 32, 32), dtype=np.float32)
+    want = OnnxRunner("a", path, 1)(x)
+    assert store_weights_as_float16(path, min_size=64) == 3  # two kernels and the 64-value bias
+    assert path.stat().st_size < 0.7 * size
+    np.testing.assert_allclose(OnnxRunner("b", path, 1)(x), want, atol=1e-5)
