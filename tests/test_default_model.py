@@ -19,12 +19,12 @@ def test_explicit_model_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_no_model_anywhere_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    import covidct.diagnose as diagnose
+    import covidct.model_dirs as model_dirs
 
     monkeypatch.delenv(MODEL_ENV, raising=False)
-    monkeypatch.setattr(diagnose, "shipped_model_dir", lambda: None)
+    monkeypatch.setattr(model_dirs, "shipped_model_dir", lambda: None)
     with pytest.raises(ConfigError, match="pass --model MODEL_DIR"):
-        diagnose.resolve_model_dir(None)
+        model_dirs.resolve_model_dir(None)
 
 
 def test_shipped_pipeline_is_found_in_a_checkout(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,7 +1,8 @@
 """Diagnosis of whole studies: volume -> lung mask -> slice probabilities -> patient decision.
 
-``StudyResult`` is the contract between diagnosis and everything downstream (CLI JSON, reports, the service).
-The ``Diagnoser`` (load the bundles once, diagnose many studies) lives here too.
+The ``Diagnoser`` loads the bundles once and diagnoses many studies; what it gives is a
+:class:`~covidct.result.StudyResult` (``covidct.result``), and which pipeline it loads by default is
+``covidct.model_dirs``' business. Both are re-exported here.
 """
 
 from __future__ import annotations
@@ -13,123 +14,41 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from covidct.errors import ConfigError, NotChestCTError
-from covidct.registry import CLASS_NAMES
+from covidct.model_dirs import (
+    MATCHING_MASKS,
+    mask_mismatch,
+    resolve_model_dir,
+    shipped_model_dir,
+    shipped_models_root,
+)
+from covidct.result import Outcome, StudyResult, lung_volumes_ml, slice_lesion_fraction, study_document
 
 if TYPE_CHECKING:
-    from covidct.decide import Decision
     from covidct.io.volume import CTVolume
 
+__all__ = [
+    "MATCHING_MASKS",
+    "Diagnoser",
+    "Outcome",
+    "StudyResult",
+    "check_device",
+    "default_batch_size",
+    "lung_volumes_ml",
+    "mask_mismatch",
+    "resolve_model_dir",
+    "shipped_model_dir",
+    "shipped_models_root",
+    "slice_lesion_fraction",
+    "study_document",
+]
+
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class StudyResult:
-    """Everything known about one diagnosed study.
-
-    ``probabilities`` is ``(n_slices, 3)`` float32, rows superior to inferior, columns normal, cap, covid19
-    (slices the classifier did not look at, e.g. truncated ones when only kept slices are classified,
-    are NaN).
-    ``mask`` is the uint8 lung mask shaped like ``volume.hu``.
-    ``lesions`` (uint8, 0 / 1 ground glass / 2 consolidation) and ``involvement`` (see
-    :func:`covidct.lesions.quantify.involvement`) are set when the diagnoser has a lesion model.
-    With a lesion gate (:func:`covidct.decide.gate_by_lesions`), ``probabilities`` are the gated ones the
-    rule counted, ``classifier_probabilities`` the classifier's own and ``lesion_fraction`` each slice's
-    lesion pixels over lung pixels.
-    """
-
-    input: str
-    volume: CTVolume
-    mask: np.ndarray
-    probabilities: np.ndarray
-    decision: Decision
-    timing_s: dict[str, float] = field(default_factory=dict)
-    model: dict[str, Any] = field(default_factory=dict)
-    software: dict[str, str] = field(default_factory=dict)
-    lesions: np.ndarray | None = None
-    involvement: dict[str, Any] | None = None
-    classifier_probabilities: np.ndarray | None = None
-    lesion_fraction: np.ndarray | None = None
-
-    @property
-    def diagnosis(self) -> str:
-        return self.decision.diagnosis
-
-    @property
-    def slice_predictions(self) -> list[int]:
-        return list(self.decision.slice_predictions)
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON document written per study (issue #5 schema)."""
-        probs = [[None if np.isnan(v) else round(float(v), 6) for v in row] for row in self.probabilities]
-        trace = self.decision.to_json()
-        doc: dict[str, Any] = {
-            "input": self.input,
-            "diagnosis": self.decision.diagnosis,
-            "classes": list(CLASS_NAMES),
-            "n_slices": int(self.volume.n_slices),
-            "slice_probabilities": probs,
-            "slice_predictions": self.slice_predictions,
-            "kept_slices": trace["kept_slices"],
-            "counts": trace["counts"],
-            "rule": trace,
-            "lung_volume_ml": lung_volumes_ml(self.mask, self.volume),
-            "timing_s": {k: round(v, 4) for k, v in self.timing_s.items()},
-            "model": self.model,
-            "software": self.software,
-        }
-        if self.involvement is not None:
-            doc["involvement"] = self.involvement
-        if self.classifier_probabilities is not None and self.lesion_fraction is not None:
-            doc["lesion_gate"] = {
-                "min_fraction": self.decision.params.get("lesion_gate"),
-                "gated_slices": self.decision.gated_slices,
-                "slice_lesion_fraction": [round(float(v), 6) for v in self.lesion_fraction],
-                "classifier_probabilities": [
-                    [None if np.isnan(v) else round(float(v), 6) for v in row]
-                    for row in self.classifier_probabilities
-                ],
-            }
-        return doc
-
-
-def study_document(result: StudyResult) -> dict[str, Any]:
-    """The per-study JSON: ``result.to_json()`` plus how the input was read (``series_choice``: the series
-    chosen and those left out, when the input held several; no identifiers)."""
-    doc: dict[str, Any] = result.to_json()
-    extra = getattr(getattr(result.volume, "meta", None), "extra", None) or {}
-    if extra.get("series_choice") is not None:
-        doc["series_choice"] = extra["series_choice"]
-    return doc
-
-
-class Outcome(NamedTuple):
-    """One study of :meth:`Diagnoser.diagnose_many`: its source and either the result or the error."""
-
-    source: str | Path | CTVolume
-    result: StudyResult | None
-    error: Exception | None
-
-
-def slice_lesion_fraction(lesions: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Each slice's lesion pixels inside the lung over its lung pixels (0 for a slice without lung)."""
-    lung = np.asarray(mask) > 0
-    lung_px = lung.sum(axis=(1, 2))
-    lesion_px = ((np.asarray(lesions) > 0) & lung).sum(axis=(1, 2))
-    return np.where(lung_px > 0, lesion_px / np.maximum(lung_px, 1), 0.0)
-
-
-def lung_volumes_ml(mask: np.ndarray, volume: CTVolume) -> dict[str, float]:
-    """Right and left lung volumes in millilitres, rounded to 0.1 ml (``segment.quality.lung_volumes_ml``)."""
-    from covidct.segment.quality import lung_volumes_ml as volumes
-
-    return {side: round(value, 1) for side, value in volumes(mask, volume.spacing).items()}
 
 
 def check_device(device: str) -> str:
@@ -137,66 +56,6 @@ def check_device(device: str) -> str:
     from covidct._device import check_device as check
 
     return check(device)
-
-
-def shipped_models_root() -> Path:
-    """Where shipped models are looked for: ``$COVIDCT_MODEL`` when set, else ``models/`` at the root of a
-    source checkout (beside ``src/``), whether or not it exists."""
-    import os
-
-    from covidct.registry import MODEL_ENV, SHIPPED_MODEL_FOLDER
-
-    env = os.environ.get(MODEL_ENV)
-    return Path(env) if env else Path(__file__).resolve().parents[2] / SHIPPED_MODEL_FOLDER
-
-
-def shipped_model_dir() -> Path | None:
-    """The pretrained pipeline that comes with covidct: ``$COVIDCT_MODEL``, else ``models/`` at the root of a
-    source checkout when it holds a ``model.json``; ``None`` when there is none."""
-    import os
-
-    from covidct.registry import MODEL_ENV
-
-    root = shipped_models_root()
-    if os.environ.get(MODEL_ENV):
-        return root
-    return root if (root / "model.json").is_file() else None
-
-
-#: Training mask sources that match a pipeline's segmenter: the classical segmenter's own masks, or the ground
-#: truth a U-Net segmenter was trained to reproduce.
-MATCHING_MASKS: dict[str, str] = {"classical": "classical", "unet": "gt"}
-
-
-def mask_mismatch(card: dict[str, Any]) -> str | None:
-    """A sentence when most of the classifier's training studies were masked otherwise than this pipeline
-    masks a study at diagnosis (its inputs then differ from what it learnt on), else ``None``."""
-    used = dict(dict(card.get("training", {})).get("masks_used") or {})
-    total = sum(int(v) for v in used.values())
-    if total == 0:
-        return None
-    segmenter = "classical" if card.get("segmenter", "classical") == "classical" else "unet"
-    want = MATCHING_MASKS[segmenter]
-    if int(used.get(want, 0)) * 2 >= total:
-        return None
-    return (
-        f"the classifier was trained on {', '.join(f'{k} masks ({v} studies)' for k, v in sorted(used.items()))} "
-        f"but this pipeline masks studies with the {segmenter} segmenter: its inputs at diagnosis differ from "
-        "training; retrain with --mask-source matching the segmenter"
-    )
-
-
-def resolve_model_dir(model: str | Path | None) -> Path:
-    """``model`` as a path, or the shipped pipeline when ``None``; ConfigError naming the fix when neither."""
-    if model is not None:
-        return Path(model)
-    shipped = shipped_model_dir()
-    if shipped is None:
-        raise ConfigError(
-            "no --model given and no pretrained pipeline found (models/ of a source checkout, or the folder "
-            "named by $COVIDCT_MODEL): pass --model MODEL_DIR"
-        )
-    return shipped
 
 
 #: Slices per classifier batch when none is given: one CUDA batch holds a whole study's kept slices.

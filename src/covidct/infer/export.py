@@ -66,7 +66,9 @@ def store_weights_as_float16(path: Path, *, min_size: int = 1024) -> int:
     inits, casts = [], []
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT and int(np.prod(init.dims)) >= min_size:
-            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16")
+            half = numpy_helper.from_array(
+                numpy_helper.to_array(init).astype(np.float16), f"{init.name}__fp16"
+            )
             inits.append(half)
             casts.append(helper.make_node("Cast", [half.name], [init.name], to=TensorProto.FLOAT))
         else:
