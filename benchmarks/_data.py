@@ -65,3 +65,44 @@ def synthetic_inputs(n: int, *, size: int = 224, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     low = torch.from_numpy(rng.random((n, 1, size // 16, size // 16), dtype=np.float32))
     return F.interpolate(low, size=(size, size), mode="bilinear", align_corners=False).numpy()
+
+
+def score_series(diagnoser: Any, record: Any) -> dict[str, Any]:
+    """One labelled real series diagnosed by ``diagnoser`` (built with ``classify_all=True``), scored against
+    its official slice labels: the answer and slice AUC (infected vs clean, score 1 - p(normal)) of the
+    classifier's own probabilities, and under ``"gated"`` those of the gated ones when the diagnoser has a
+    lesion gate. ``seconds``: the diagnosis' wall time."""
+    import time
+
+    from covidct.data.records import slice_classes
+    from covidct.decide import decide
+    from covidct.evaluate.metrics import roc_auc
+
+    t = time.perf_counter()
+    result = diagnoser.diagnose(record.path)
+    seconds = time.perf_counter() - t
+    gated = np.asarray(result.probabilities, dtype=np.float64)
+    raw = gated if result.classifier_probabilities is None else np.asarray(result.classifier_probabilities)
+    truth = slice_classes(record, raw.shape[0])
+    infected = (truth != 0) if truth is not None else np.zeros(raw.shape[0], bool)
+
+    def row(probs: np.ndarray, decision: Any) -> dict[str, Any]:
+        s = 1.0 - probs[:, 0]
+        return {
+            "case": record.case,
+            "truth": record.diagnosis,
+            "diagnosis": decision.diagnosis,
+            "counts": decision.to_json()["counts"],
+            "slice_auc": roc_auc(infected, s),
+            "infected_slices": int(infected.sum()),
+            "slices": int(raw.shape[0]),
+            "mean_p_infected_on_clean": float(s[~infected].mean()) if (~infected).any() else float("nan"),
+            "scores": s.tolist(),
+            "infected": infected.astype(int).tolist(),
+            "seconds": round(seconds, 1),
+        }
+
+    out = row(raw, result.decision if result.classifier_probabilities is None else decide(raw))
+    if result.classifier_probabilities is not None:
+        out["gated"] = row(gated, result.decision) | {"gated_slices": result.decision.gated_slices}
+    return out

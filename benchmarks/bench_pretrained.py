@@ -17,50 +17,34 @@ import argparse
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def real_rows(model: Path, data: Path) -> list[dict[str, Any]]:
+    from _data import score_series
     from covidct.data.covidctmd import read_covidctmd
-    from covidct.data.records import slice_classes
-    from covidct.decide import decide
     from covidct.diagnose import Diagnoser
-    from covidct.evaluate.metrics import roc_auc
 
     dx = Diagnoser(model, classify_all=True)
     rows = []
     for rec in read_covidctmd(data):
-        t = time.perf_counter()
-        result = dx.diagnose(rec.path)
-        seconds = time.perf_counter() - t
-        gated = np.asarray(result.probabilities, np.float64)
-        raw = (
-            gated if result.classifier_probabilities is None else np.asarray(result.classifier_probabilities)
-        )
-        truth = slice_classes(rec, raw.shape[0])
-        infected = (truth != 0) if truth is not None else np.zeros(raw.shape[0], bool)
-        for gate, probs, decision in (
-            (dx.lesion_gate, gated, result.decision),
-            (0.0, raw, decide(raw)),
-        ):
-            if gate == 0.0 and dx.lesion_gate == 0.0 and rows and rows[-1]["case"] == rec.case:
-                continue
-            auc = roc_auc(infected, 1.0 - probs[:, 0]) if infected.any() else None
+        scored = score_series(dx, rec)
+        # the pipeline as shipped (its gate) first, then the classifier's own answer (gate off)
+        pairs = [(dx.lesion_gate, scored["gated"]), (0.0, scored)] if "gated" in scored else [(0.0, scored)]
+        for gate, r in pairs:
+            auc = r["slice_auc"] if r["infected_slices"] else None
             rows.append(
                 {
                     "case": rec.case,
                     "truth": rec.diagnosis,
                     "lesion_gate": gate,
-                    "diagnosis": decision.diagnosis,
-                    "counts": decision.counts,
+                    "diagnosis": r["diagnosis"],
+                    "counts": r["counts"],
                     "slice_auc": None if auc is None else round(float(auc), 4),
-                    "seconds": round(seconds, 1),
+                    "seconds": scored["seconds"],
                     "in_training_data": True,
                 }
             )

@@ -68,40 +68,17 @@ def train(data: list[Path], model_dir: Path, args: argparse.Namespace) -> Path:
 
 def score(model_dir: Path, record: Any, lesion_gate: float = 0.0) -> dict[str, Any]:
     """The held-out series diagnosed; with ``lesion_gate`` also the gated answer (shipped lesion model)."""
-    from covidct.data.records import slice_classes
-    from covidct.decide import decide
+    from _data import score_series
     from covidct.diagnose import Diagnoser
-    from covidct.evaluate.metrics import roc_auc
     from covidct.lesions.api import resolve_lesion_dir
 
     lesions = resolve_lesion_dir(None) if lesion_gate > 0 else None
-    result = Diagnoser(
-        model_dir, classify_all=True, lesion_model=lesions, lesion_gate=lesion_gate if lesions else None
-    ).diagnose(record.path)
-    gated = np.asarray(result.probabilities, dtype=np.float64)
-    raw = gated if result.classifier_probabilities is None else np.asarray(result.classifier_probabilities)
-    truth = slice_classes(record, raw.shape[0])
-    infected = (truth != 0) if truth is not None else np.zeros(raw.shape[0], bool)
-
-    def row(probs: np.ndarray, decision: Any) -> dict[str, Any]:
-        s = 1.0 - probs[:, 0]
-        return {
-            "case": record.case,
-            "truth": record.diagnosis,
-            "diagnosis": decision.diagnosis,
-            "counts": decision.to_json()["counts"],
-            "slice_auc": roc_auc(infected, s),
-            "infected_slices": int(infected.sum()),
-            "slices": int(raw.shape[0]),
-            "mean_p_infected_on_clean": float(s[~infected].mean()) if (~infected).any() else float("nan"),
-            "scores": s.tolist(),
-            "infected": infected.astype(int).tolist(),
-        }
-
-    out = row(raw, decide(raw))
-    if result.classifier_probabilities is not None:
-        out["gated"] = row(gated, result.decision) | {"gated_slices": result.decision.gated_slices}
-    return out
+    return score_series(
+        Diagnoser(
+            model_dir, classify_all=True, lesion_model=lesions, lesion_gate=lesion_gate if lesions else None
+        ),
+        record,
+    )
 
 
 def study_inputs(records: list[Any], args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, list[str]]:
