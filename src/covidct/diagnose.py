@@ -367,21 +367,25 @@ class Diagnoser:
             lesions, involvement = lesions_of_volume(self.lesion_segmenter, volume, mask)
             timing["lesions"] = time.perf_counter() - t
         t = time.perf_counter()
-        raw, fraction = None, None
-        if self.lesion_gate > 0 and lesions is not None:
-            raw, fraction = np.asarray(probs, dtype=np.float32), slice_lesion_fraction(lesions, mask)
+        raw, fraction, gate = None, None, 0.0
+        if self.lesion_gate > 0 and lesions is not None:  # the constructor makes sure lesions are segmented
+            raw, fraction, gate = (
+                np.asarray(probs, np.float32),
+                slice_lesion_fraction(lesions, mask),
+                self.lesion_gate,
+            )
         decision = decide(
             probs,
             head=self.head,
             tail=self.tail,
             threshold=self.threshold,
             lesion_fraction=fraction,
-            lesion_gate=self.lesion_gate if fraction is not None else 0.0,
+            lesion_gate=gate,
         )
-        if raw is not None and fraction is not None:
+        if fraction is not None:  # the probabilities the rule counted
             from covidct.decide import gate_by_lesions
 
-            probs = gate_by_lesions(raw, fraction, min_fraction=self.lesion_gate)
+            probs = gate_by_lesions(probs, fraction, min_fraction=gate)
         timing["decide"] = time.perf_counter() - t
         timing["total"] = t_load + time.perf_counter() - t_start
         model: dict[str, Any] = dict(self.pipeline.identity.to_json())

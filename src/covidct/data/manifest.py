@@ -31,6 +31,17 @@ def _read_flags(path: Path) -> np.ndarray:
     return np.asarray([int(float(t)) for t in text], dtype=np.uint8)
 
 
+def _weight(value: str | float, *, where: str) -> float:
+    """A study weight: a finite positive number, else InputError (``where`` prefixes the message)."""
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = float("nan")
+    if not (weight > 0 and np.isfinite(weight)):
+        raise InputError(f"{where}weight {value!r} must be a positive number")
+    return weight
+
+
 def read_manifest(path: str | Path) -> list[StudyRecord]:
     """The studies of a manifest CSV; raises :class:`InputError` naming the row that is wrong."""
     path = Path(path)
@@ -74,13 +85,7 @@ def read_manifest(path: str | Path) -> list[StudyRecord]:
             case = get.get("case") or study.name.split(".")[0]
             extra = {}
             if get.get("weight"):
-                try:
-                    weight = float(get["weight"])
-                except ValueError:
-                    weight = float("nan")
-                if not (weight > 0 and np.isfinite(weight)):
-                    raise InputError(f"{path}:{line}: weight {get['weight']!r} must be a positive number")
-                extra["weight"] = weight
+                extra["weight"] = _weight(get["weight"], where=f"{path}:{line}: ")
             records.append(
                 StudyRecord(
                     case=case,
@@ -109,8 +114,8 @@ def write_manifest(
     path = Path(path)
     if split is not None and split not in SPLITS:
         raise InputError(f"split {split!r} is not one of {', '.join(SPLITS)}")
-    if weight is not None and not (weight > 0 and np.isfinite(weight)):
-        raise InputError(f"weight {weight!r} must be a positive number")
+    if weight is not None:
+        _weight(weight, where="")
     if len({r.case for r in records}) != len(records):
         raise InputError(f"{path}: case names repeat; a manifest needs one name per study")
     path.parent.mkdir(parents=True, exist_ok=True)

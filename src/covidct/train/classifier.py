@@ -36,10 +36,13 @@ CALIBRATION_SLICES = 64
 CALIBRATION_NAME = "calibration.npy"
 
 
-def balanced_weights(y: np.ndarray) -> np.ndarray:
-    """Per-slice sampling weights ``1 / count(class)``: each class is drawn equally often."""
-    counts = np.bincount(y, minlength=NUM_CLASSES).astype(np.float64)
-    return np.where(counts[y] > 0, 1.0 / np.maximum(counts[y], 1), 0.0)
+def balanced_weights(y: np.ndarray, factors: np.ndarray | None = None) -> np.ndarray:
+    """Per-slice sampling weights that draw each class equally often: ``1 / count(class)``, or with per-slice
+    ``factors`` ``factor / sum of the class's factors`` (a slice with a larger factor takes a larger share of
+    its own class only)."""
+    f = np.ones(len(y)) if factors is None else np.asarray(factors, dtype=np.float64)
+    totals = np.bincount(y, weights=f, minlength=NUM_CLASSES)
+    return np.where(totals[y] > 0, f / np.where(totals[y] > 0, totals[y], 1.0), 0.0)
 
 
 def study_weights(studies: Sequence[CachedStudy]) -> np.ndarray:
@@ -49,18 +52,12 @@ def study_weights(studies: Sequence[CachedStudy]) -> np.ndarray:
 
 
 def sample_weights_of(studies: Sequence[CachedStudy], y: np.ndarray, *, balanced: bool) -> np.ndarray | None:
-    """The training draw's per-slice weights: study weights, then (when ``balanced``) rescaled so that every
-    class is drawn equally often; a weighted study takes a larger share of its own class only."""
+    """The training draw's per-slice weights: study weights, class-balanced (:func:`balanced_weights`) when
+    ``balanced``; ``None`` (uniform) when neither applies."""
     w = study_weights(studies)
-    if not balanced:
-        return None if np.all(w == 1.0) else w
-    out = np.zeros(len(y), dtype=np.float64)
-    for c in range(NUM_CLASSES):
-        sel = y == c
-        total = w[sel].sum()
-        if total > 0:
-            out[sel] = w[sel] / total
-    return out
+    if balanced:
+        return balanced_weights(y, w)
+    return None if np.all(w == 1.0) else w
 
 
 def predict_studies(
