@@ -9,7 +9,7 @@ Steps (each skipped when its output exists, so a rerun continues):
 2. the slice classifier trained on that cohort plus the real series themselves (no phantoms; the real series
    are prescribed to the training split, so none is lost to validation), a fixed budget of epochs x steps
    (same seed, same weights);
-3. export to ``models/``: weights as float16 safetensors, the int8 calibration slices left out (they are
+3. export to ``models/``: weights as float16 safetensors and ONNX (float16-stored), the int8 calibration slices left out (they are
    real pixels), the lung segmenter the classical one (no weights; the masks the classifier trained on), the
    shipped lesion model kept (``--lesions``, default ``models/lesions``), and a card naming the data, its
    terms and the figures measured by ``--figures`` (a JSON of figures measured on real CT).
@@ -88,7 +88,8 @@ def export(
     model: Path, dest: Path, figures: dict[str, Any], lesions: Path | None, lesion_gate: float = 0.0
 ) -> Path:
     """Write ``dest`` (the shipped pipeline) from a trained pipeline folder: fp16 weights, no calibration,
-    with a copy of the lesion bundle ``lesions`` (its card and weights only, no run-time exports)."""
+    with a copy of the lesion bundle ``lesions`` (its card and weights only, no run-time exports). Everything is
+    written beside ``dest`` first, so ``lesions`` may lie inside ``dest`` (the default ``models/lesions``)."""
     from covidct.bundle import load_component, read_card, save_component, write_card, write_pipeline
 
     card, state = load_component(model / "classifier", kind="classifier")
@@ -125,6 +126,11 @@ def export(
     if "training" in pipe:
         pipe["training"] = training
     write_card(tmp, pipe)
+    from covidct.infer.export import export_pipeline
+
+    export_pipeline(
+        tmp
+    )  # the ONNX exports ship too (float16-stored), so a checkout needs no torch to diagnose
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -175,15 +181,6 @@ def main() -> int:
         model = train(args, build(args))
     figures = json.loads(args.figures.read_text()) if args.figures else {}
     lesions = args.lesions if (args.lesions / "model.json").is_file() else None
-    if (
-        lesions is not None and args.dest.resolve() in lesions.resolve().parents
-    ):  # copied before dest is replaced
-        keep = args.work / "lesions-shipped"
-        shutil.rmtree(keep, ignore_errors=True)
-        keep.mkdir(parents=True)
-        for name in ("model.json", "weights.safetensors"):
-            shutil.copy2(lesions / name, keep / name)
-        lesions = keep
     print(export(model, args.dest, figures, lesions, args.lesion_gate))
     return 0
 
