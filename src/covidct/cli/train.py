@@ -122,6 +122,29 @@ def register(sub: Any) -> None:
     _common(cls, size=CLASSIFIER_IMAGE_SIZE, batch=16)
     cls.add_argument("--arch", choices=("resnet18", "resnet34", "resnet50"), default=CLASSIFIER_ARCH)
     cls.add_argument("--no-balance", action="store_true", help="uniform instead of class-balanced sampling")
+    cls.add_argument(
+        "--supervision",
+        choices=("auto", "slice", "patient", "mixed"),
+        default="auto",
+        help="slice: slice labels (the paper; abnormal studies without them are left out); patient: patient "
+        "labels only (multiple-instance learning over kept slices); mixed: slice labels where present, patient "
+        "labels elsewhere; auto (default): mixed when some abnormal study lacks slice labels, else slice",
+    )
+    cls.add_argument(
+        "--bag-size", type=int, default=8, help="kept slices per bag of a patient-labelled study (8)"
+    )
+    cls.add_argument(
+        "--pooling", choices=("topk", "noisy-or"), default="topk", help="bag pooling (topk: mean of --top-k)"
+    )
+    cls.add_argument(
+        "--top-k", type=int, default=2, help="most likely slices of a bag that carry its label (2)"
+    )
+    cls.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.95,
+        help="accuracy of accepted validation patients the referral threshold is chosen for (0.95)",
+    )
     cls.set_defaults(func=run)
     les = what.add_parser(
         "lesions",
@@ -192,7 +215,18 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "classifier":
         from covidct.train.classifier import train_classifier
 
-        path = train_classifier(ClassifierConfig(**common, arch=args.arch, balanced=not args.no_balance))
+        path = train_classifier(
+            ClassifierConfig(
+                **common,
+                arch=args.arch,
+                balanced=not args.no_balance,
+                supervision=args.supervision,
+                bag_size=args.bag_size,
+                pooling=args.pooling,
+                top_k=args.top_k,
+                target_accuracy=args.target_accuracy,
+            )
+        )
     elif args.what == "lesions":
         from covidct.train.lesions import LesionConfig, train_lesions
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ from covidct.train.data import CachedStudy, SliceDataset
 from covidct.train.distributed import init_distributed, shutdown
 from covidct.train.engine import Task, fit, resolve_device
 from covidct.train.metrics import classification_metrics
+from covidct.train.weak import (
+    BagDataset,
+    as_patient_labelled,
+    mil_loss,
+    patient_validation,
+    resolve_supervision,
+    supervision_summary,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,16 +54,26 @@ def balanced_weights(y: np.ndarray, factors: np.ndarray | None = None) -> np.nda
     return np.where(totals[y] > 0, f / np.where(totals[y] > 0, totals[y], 1.0), 0.0)
 
 
-def study_weights(studies: Sequence[CachedStudy]) -> np.ndarray:
-    """Per-slice factor from each study's ``weight`` (a manifest column; 1 when not given)."""
-    parts = [np.full(st.x.shape[0], float(st.record.extra.get("weight", 1.0))) for st in studies]
+def study_weights(studies: Sequence[CachedStudy], study_of: np.ndarray | None = None) -> np.ndarray:
+    """Per-item factor from each study's ``weight`` (a manifest column; 1 when not given): one per slice, or
+    (``study_of``: the study of each item, e.g. bags of :class:`~covidct.train.weak.BagDataset`) per item."""
+    per_study = np.array([float(st.record.extra.get("weight", 1.0)) for st in studies])
+    if study_of is not None:
+        return per_study[study_of] if per_study.size else np.zeros(0)
+    parts = [np.full(st.x.shape[0], w) for st, w in zip(studies, per_study, strict=True)]
     return np.concatenate(parts) if parts else np.zeros(0)
 
 
-def sample_weights_of(studies: Sequence[CachedStudy], y: np.ndarray, *, balanced: bool) -> np.ndarray | None:
-    """The training draw's per-slice weights: study weights, class-balanced (:func:`balanced_weights`) when
-    ``balanced``; ``None`` (uniform) when neither applies."""
-    w = study_weights(studies)
+def sample_weights_of(
+    studies: Sequence[CachedStudy],
+    y: np.ndarray,
+    *,
+    balanced: bool,
+    study_of: np.ndarray | None = None,
+) -> np.ndarray | None:
+    """The training draw's per-item weights: study weights, class-balanced (:func:`balanced_weights`) when
+    ``balanced``; ``None`` (uniform) when neither applies. Items are slices, or those of ``study_of``."""
+    w = study_weights(studies, study_of)
     if balanced:
         return balanced_weights(y, w)
     return None if np.all(w == 1.0) else w
@@ -158,10 +177,32 @@ def train_classifier(config: ClassifierConfig) -> Path:
         device = resolve_device(cfg.device, dist)
         seed_everything(cfg.seed)
         studies, summary = load_split_studies(
-            cfg, task="classifier", window=LUNG_WINDOW, dist=dist, allow_images=True
+            cfg,
+            task="classifier",
+            window=LUNG_WINDOW,
+            dist=dist,
+            allow_images=True,
+            weak=cfg.supervision != "slice",
         )
-        train_set = SliceDataset(studies["train"])
+        mode = resolve_supervision(cfg.supervision, studies["train"])
+        if mode == "patient":  # slice labels are not used, in training nor in validation
+            studies = {k: [as_patient_labelled(s) for s in v] for k, v in studies.items()}
+        weak_run = mode != "slice"
+        train_set: SliceDataset | BagDataset = (
+            BagDataset(studies["train"], bag_size=cfg.bag_size)
+            if weak_run
+            else SliceDataset(studies["train"])
+        )
         y = train_set.targets().astype(np.int64)
+        summary["supervision"] = supervision_summary(
+            studies["train"], mode=mode, bag_size=cfg.bag_size, pooling=cfg.pooling, top_k=cfg.top_k
+        )
+        log.info(
+            "supervision %s: %s",
+            mode,
+            ", ".join(f"{k} {v}" for k, v in summary["supervision"]["patient_labelled_studies"].items())
+            + " patient-labelled studies",
+        )
         summary["train_slices"] = slice_class_counts(studies["train"])
         summary["val_slices"] = slice_class_counts(studies["val"])
         weighted = {
@@ -180,27 +221,36 @@ def train_classifier(config: ClassifierConfig) -> Path:
             if not studies["val"]:
                 return {}
             probs, yv = predict_studies(m, studies["val"], dev)
+            known = yv >= 0
             loss = float(
                 nn.functional.nll_loss(
-                    torch.log(torch.from_numpy(probs).clamp_min(1e-7)), torch.from_numpy(yv)
+                    torch.log(torch.from_numpy(probs[known]).clamp_min(1e-7)), torch.from_numpy(yv[known])
                 )
             )
-            met = {f"val_{k}": v for k, v in classification_metrics(yv, probs).items()}
+            if weak_run:  # patients decide: the rule's balanced accuracy, ties broken by the soft score
+                met = {f"val_{k}": v for k, v in patient_validation(probs, yv, studies["val"]).items()}
+                met["val_score"] = met["val_patient_balanced_accuracy"] + 1e-3 * met["val_patient_soft"]
+            else:
+                met = {f"val_{k}": v for k, v in classification_metrics(yv, probs).items()}
+                met["val_score"] = met["val_balanced_accuracy"]
             met["val_loss"] = loss
-            met["val_score"] = met["val_balanced_accuracy"]
             return met
 
+        bags = train_set if isinstance(train_set, BagDataset) else None
         task = Task(
             model=model,
             train_set=train_set,
-            loss_fn=ce,
+            loss_fn=partial(mil_loss, pooling=cfg.pooling, top_k=cfg.top_k) if weak_run else ce,
             evaluate=evaluate,
-            sample_weights=sample_weights_of(studies["train"], y, balanced=cfg.balanced),
+            sample_weights=sample_weights_of(
+                studies["train"], y, balanced=cfg.balanced, study_of=None if bags is None else bags.study_of
+            ),
             validation=validation["status"] == "ok",
+            collate=None if bags is None else bags.collate,
+            item_sizes=None if bags is None else bags.item_sizes,
         )
-        result = fit(
-            cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name="balanced accuracy"
-        )
+        score = "patient balanced accuracy" if weak_run else "balanced accuracy"
+        result = fit(cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name=score)
         if dist.is_main:
             calibration = write_calibration(cfg.out_dir, studies["val"], studies["train"], seed=cfg.seed)
             finish_training(
@@ -268,6 +318,14 @@ def classifier_card(
             ),
             "device": cfg.device,
         },
-        "validation": {"epoch": best_epoch, "measure": "val_balanced_accuracy", **metrics},
+        "validation": {
+            "epoch": best_epoch,
+            "measure": (
+                "val_balanced_accuracy"
+                if summary.get("supervision", {}).get("mode", "slice") == "slice"
+                else "val_patient_balanced_accuracy (+ 1e-3 x val_patient_soft, a tie-break)"
+            ),
+            **metrics,
+        },
         "rule": default_rule(),
     }

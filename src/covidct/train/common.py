@@ -48,9 +48,11 @@ def run_dir_of(cfg: TrainConfig) -> Path:
 
 
 def load_split_studies(
-    cfg: TrainConfig, *, task: str, window: Window, dist: DistInfo, allow_images: bool
+    cfg: TrainConfig, *, task: str, window: Window, dist: DistInfo, allow_images: bool, weak: bool = False
 ) -> tuple[dict[str, list[CachedStudy]], dict[str, Any]]:
     """Read the data, split it by patient, fill the cache; returns cached studies per split and a summary.
+
+    ``weak``: abnormal studies without slice labels are kept, with weak targets (:mod:`covidct.train.weak`).
 
     Rank 0 draws/writes the split and fills the cache first; the other ranks then read both.
     """
@@ -110,6 +112,7 @@ def load_split_studies(
                     max_slices=cfg.max_slices_per_study,
                     cache_dir=cache_dir,
                     segmenters=segs,
+                    weak=weak,
                 )
             except InputError as exc:  # unreadable study, not a chest CT, bad mask: leave it out, go on
                 if dist.is_main:
@@ -143,8 +146,12 @@ def load_split_studies(
         "split_seed": cfg.effective_split_seed,
         "split_file": SPLITS_NAME,
         "left_out_studies": len(left_out),
-        "left_out_rule": "abnormal studies without slice labels are left out of slice-level training, "
-        "and studies that cannot be read (listed in unreadable_studies)",
+        "left_out_rule": (
+            "studies that cannot be read (listed in unreadable_studies)"
+            if weak
+            else "abnormal studies without slice labels are left out of slice-level training, "
+            "and studies that cannot be read (listed in unreadable_studies)"
+        ),
         "unreadable_studies": unusable,
         "max_slices_per_study": cfg.max_slices_per_study,
         "mask_source": cfg.mask_source,

@@ -12,6 +12,9 @@ from covidct.registry import CLASSIFIER_ARCH, CLASSIFIER_IMAGE_SIZE, SEGMENTER_I
 OPTIMIZERS = ("adam", "sgd")
 LR_DECAYS = ("step", "cosine", "none")
 MASK_SOURCES = ("auto", "gt", "classical")
+#: ``ClassifierConfig.supervision`` and ``pooling`` (see :mod:`covidct.train.weak`)
+SUPERVISIONS = ("slice", "patient", "mixed", "auto")
+POOLINGS = ("topk", "noisy-or")
 
 
 @dataclass
@@ -108,10 +111,35 @@ class TrainConfig:
 
 @dataclass
 class ClassifierConfig(TrainConfig):
-    """Slice classifier training (``arch`` resnet18/34/50; class-balanced sampling when ``balanced``)."""
+    """Slice classifier training (``arch`` resnet18/34/50; class-balanced sampling when ``balanced``).
+
+    ``supervision`` (:mod:`covidct.train.weak`): ``slice`` (the paper), ``patient`` (patient labels only,
+    multiple-instance learning over bags of ``bag_size`` kept slices pooled by ``pooling`` with ``top_k``),
+    ``mixed`` (slice labels where present, patient labels elsewhere) or ``auto`` (mixed when some abnormal
+    study lacks slice labels, else slice). ``target_accuracy``: the accuracy of accepted (not referred)
+    validation patients that the referral threshold is chosen for.
+    """
 
     arch: str = CLASSIFIER_ARCH
     balanced: bool = True
+    supervision: str = "auto"
+    bag_size: int = 8
+    pooling: str = "topk"
+    top_k: int = 2
+    target_accuracy: float = 0.95
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.supervision not in SUPERVISIONS:
+            raise ConfigError(f"--supervision {self.supervision!r}: use one of {', '.join(SUPERVISIONS)}")
+        if self.pooling not in POOLINGS:
+            raise ConfigError(f"--pooling {self.pooling!r}: use one of {', '.join(POOLINGS)}")
+        if self.bag_size < 1 or self.top_k < 1 or self.top_k > self.bag_size:
+            raise ConfigError(
+                f"need 1 <= --top-k <= --bag-size, got top-k {self.top_k}, bag size {self.bag_size}"
+            )
+        if not 0 < self.target_accuracy <= 1:
+            raise ConfigError(f"--target-accuracy must lie in (0, 1], got {self.target_accuracy}")
 
 
 @dataclass

@@ -157,16 +157,19 @@ def prepare_study(
     max_slices: int | None,
     cache_dir: Path,
     segmenters: SegmenterSource | None = None,
+    weak: bool = False,
 ) -> CachedStudy | None:
     """Decode, mask and resize one study into the cache (or reuse the entry); ``None`` if it is unusable.
 
     ``task`` "classifier": inputs are lung-window, lung-only slices; targets slice classes (a study without
-    slice classes, i.e. an abnormal study without slice labels, is skipped). ``task`` "segmenter": inputs are
+    slice classes, i.e. an abnormal study without slice labels, is skipped unless ``weak``: its targets are
+    then the codes ``-(class + 1)`` of :mod:`covidct.train.weak`). Classifier targets are recomputed from the
+    record on every call (slice labels are not part of the cache key). ``task`` "segmenter": inputs are
     segmenter-window slices; targets the lung labels resized with nearest neighbour.
     """
     from covidct.preprocess import classifier_inputs, resize_labels, segmenter_inputs
 
-    if task == "classifier" and not record.has_slice_classes:
+    if task == "classifier" and not record.has_slice_classes and not weak:
         return None
     source = resolve_mask_source(record, mask_source)
     settings = {
@@ -180,7 +183,9 @@ def prepare_study(
     cache_dir.mkdir(parents=True, exist_ok=True)
     xp, yp, ip = (cache_dir / f"{key}.{s}.npy" for s in ("x", "y", "idx"))
     if xp.is_file() and yp.is_file() and ip.is_file():
-        return CachedStudy(record, np.load(xp, mmap_mode="r"), np.load(yp), np.load(ip))
+        idx = np.load(ip)
+        y_cached = classifier_targets(record, idx) if task == "classifier" else np.load(yp)
+        return CachedStudy(record, np.load(xp, mmap_mode="r"), y_cached, idx)
     from covidct.io import load_study
 
     volume = load_study(record.path)
@@ -188,11 +193,8 @@ def prepare_study(
     seg = segmenters.get() if segmenters is not None and source == "classical" else None
     mask = load_mask(record, volume, source, seg)
     if task == "classifier":
-        classes = slice_classes(record, volume.n_slices)
-        if classes is None:
-            return None
         x = classifier_inputs(volume, mask, indices=idx, image_size=image_size, window=window)[:, 0]
-        y: np.ndarray = classes[idx]
+        y: np.ndarray = classifier_targets(record, idx)
     elif task == "segmenter":
         x = segmenter_inputs(volume, indices=idx, image_size=image_size, window=window)[:, 0]
         y = resize_labels(mask[idx], image_size).astype(np.uint8)
@@ -202,6 +204,15 @@ def prepare_study(
     _save_npy(ip, idx)
     _save_npy(xp, x.astype(np.float16))
     return CachedStudy(record, np.load(xp, mmap_mode="r"), y, idx)
+
+
+def classifier_targets(record: StudyRecord, indices: np.ndarray) -> np.ndarray:
+    """Slice classes of the study's rows ``indices``, or (no slice labels) the weak codes ``-(class + 1)``."""
+    n = int(indices.max()) + 1 if indices.size else 0
+    classes = slice_classes(record, n)
+    if classes is None:
+        return np.full(indices.size, -(record.label + 1), dtype=np.int64)
+    return classes[indices]
 
 
 class SliceDataset:

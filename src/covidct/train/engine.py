@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -38,10 +38,18 @@ from torch import nn
 from covidct._files import atomic_write, atomic_write_text
 from covidct.train.augment import augment_batch
 from covidct.train.config import TrainConfig
-from covidct.train.data import SliceDataset
 from covidct.train.distributed import DistInfo, any_true, barrier, mean_across
 
 log = logging.getLogger(__name__)
+
+
+class ItemDataset(Protocol):
+    """What training draws items from (:class:`covidct.train.data.SliceDataset`, ``weak.BagDataset``)."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
 
 CHECKPOINT_DIR = "checkpoints"
 LOG_NAME = "training_log.csv"
@@ -53,7 +61,7 @@ class Task:
     """What differs between the two trainings."""
 
     model: nn.Module
-    train_set: SliceDataset
+    train_set: ItemDataset
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     evaluate: Callable[[nn.Module, torch.device], dict[str, float]]  # must give val_score (higher = better)
     sample_weights: np.ndarray | None = None
@@ -64,6 +72,10 @@ class Task:
     ) = None
     #: False: no (usable) validation set; no early stopping, every epoch runs and the last one is kept
     validation: bool = True
+    #: items of several slices (bags, :mod:`covidct.train.weak`): joins items into ``(x, y)``; with
+    #: ``item_sizes`` (slices per item) a step takes items until ``batch_size`` slices are reached
+    collate: Callable[[list[Any]], tuple[torch.Tensor, torch.Tensor]] | None = None
+    item_sizes: np.ndarray | None = None
 
 
 #: How the kept epoch was chosen (``FitResult.selection``, the card's ``training.model_selection``).
@@ -114,6 +126,18 @@ def epoch_indices(
     else:
         idx = torch.cat([torch.randperm(n, generator=g) for _ in range(math.ceil(total / max(n, 1)))])[:total]
     return idx.numpy()[dist.rank :: dist.world]
+
+
+def batches_of(
+    idx: np.ndarray, batch_size: int, item_sizes: np.ndarray | None, max_steps: int | None
+) -> list[np.ndarray]:
+    """One epoch's steps: ``batch_size`` items each, or (items of several slices, ``item_sizes``) items
+    packed until ``batch_size`` slices, at most ``max_steps`` steps (so a step costs the same either way)."""
+    if item_sizes is None:
+        return [idx[b : b + batch_size] for b in range(0, len(idx), batch_size)]
+    from covidct.train.weak import pack_batches
+
+    return [np.asarray(b) for b in pack_batches(idx, item_sizes, batch_size, max_steps)]
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
@@ -168,7 +192,14 @@ def _make_scheduler(cfg: TrainConfig, opt: torch.optim.Optimizer) -> torch.optim
 
 
 def recalibrate_batchnorm(
-    model: nn.Module, dataset: SliceDataset, *, batches: int, batch_size: int, seed: int, device: torch.device
+    model: nn.Module,
+    dataset: Any,
+    *,
+    batches: int,
+    batch_size: int,
+    seed: int,
+    device: torch.device,
+    collate: Callable[[list[Any]], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> None:
     """Recompute BatchNorm running statistics as exact averages over ``batches`` random training batches.
 
@@ -193,8 +224,9 @@ def recalibrate_batchnorm(
             chunk = order[i : i + batch_size]
             if len(chunk) < 2:  # train-mode BatchNorm needs two samples
                 break
-            x = torch.stack([dataset[j][0] for j in chunk]).to(device)
-            model(x)
+            items = [dataset[j] for j in chunk]
+            x = collate(items)[0] if collate is not None else torch.stack([it[0] for it in items])
+            model(x.to(device))
     for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
     model.train(was_training)
@@ -302,12 +334,15 @@ def fit(
         net.train()
         te = time.monotonic()
         losses: list[float] = []
-        starts = range(0, len(idx), cfg.batch_size)
+        starts = batches_of(idx, cfg.batch_size, task.item_sizes, cfg.steps_per_epoch)
         bar = tqdm(starts, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not show)
         for b in bar:
-            items = [task.train_set[int(i)] for i in idx[b : b + cfg.batch_size]]
-            x = torch.stack([it[0] for it in items])
-            y = torch.stack([it[1] for it in items])
+            items = [task.train_set[int(i)] for i in b]
+            if task.collate is not None:
+                x, y = task.collate(items)
+            else:
+                x = torch.stack([it[0] for it in items])
+                y = torch.stack([it[1] for it in items])
             if cfg.augment:
                 x, ya = augment_batch(x, gen, y if task.labels_follow_geometry else None)
                 y = ya if ya is not None else y
@@ -336,6 +371,7 @@ def fit(
             batch_size=cfg.batch_size,
             seed=cfg.seed * 1009 + epoch,
             device=device,
+            collate=task.collate,
         )
         model.eval()
         metrics = task.evaluate(model, device)
