@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from covidct.confidence import confidence_model_of, study_confidence
 from covidct.errors import ConfigError, NotChestCTError
 from covidct.model_dirs import (
     MATCHING_MASKS,
@@ -129,6 +130,9 @@ class Diagnoser:
         mismatch = mask_mismatch(self.pipeline.card)
         if mismatch:
             log.warning("%s: %s", self.model_dir, mismatch)
+        self.confidence_model = confidence_model_of(
+            self.pipeline.card, self.pipeline.classifier.card, where=str(self.model_dir)
+        )
         rule = self.pipeline.rule
         self.head = rule["head"]
         self.tail = rule["tail"]
@@ -386,6 +390,9 @@ class Diagnoser:
             from covidct.decide import gate_by_lesions
 
             probs = gate_by_lesions(probs, fraction, min_fraction=gate)
+        confidence = study_confidence(
+            probs, decision.label, kept=decision.kept, model=self.confidence_model, threshold=self.threshold
+        )
         timing["decide"] = time.perf_counter() - t
         timing["total"] = t_load + time.perf_counter() - t_start
         model: dict[str, Any] = dict(self.pipeline.identity.to_json())
@@ -403,4 +410,5 @@ class Diagnoser:
             involvement=involvement,
             classifier_probabilities=raw,
             lesion_fraction=fraction,
+            confidence=confidence,
         )

@@ -12,6 +12,7 @@ import numpy as np
 from covidct.registry import CLASS_NAMES
 
 if TYPE_CHECKING:
+    from covidct.confidence import StudyConfidence
     from covidct.decide import Decision
     from covidct.io.volume import CTVolume
 
@@ -30,7 +31,8 @@ class StudyResult:
     :func:`covidct.lesions.quantify.involvement`) are set when the diagnoser has a lesion model.
     With a lesion gate (:func:`covidct.decide.gate_by_lesions`), ``probabilities`` are the gated ones the
     rule counted, ``classifier_probabilities`` the classifier's own and ``lesion_fraction`` each slice's
-    lesion pixels over lung pixels.
+    lesion pixels over lung pixels. ``confidence`` is the calibrated probability of the answer and the
+    referral flag (:mod:`covidct.confidence`).
     """
 
     input: str
@@ -45,6 +47,7 @@ class StudyResult:
     involvement: dict[str, Any] | None = None
     classifier_probabilities: np.ndarray | None = None
     lesion_fraction: np.ndarray | None = None
+    confidence: StudyConfidence | None = None
 
     @property
     def diagnosis(self) -> str:
@@ -73,6 +76,8 @@ class StudyResult:
             "model": self.model,
             "software": self.software,
         }
+        if self.confidence is not None:
+            doc["confidence"] = self.confidence.to_json()
         if self.involvement is not None:
             doc["involvement"] = self.involvement
         if self.classifier_probabilities is not None and self.lesion_fraction is not None:

@@ -161,6 +161,40 @@ def write_calibration(
     }
 
 
+def fit_validation_confidence(
+    model: nn.Module, val: list[CachedStudy], device: torch.device, *, target_accuracy: float
+) -> dict[str, Any]:
+    """Temperatures and the referral threshold fitted on the validation studies (the card's ``confidence``).
+
+    Validation studies hold at most ``max_slices_per_study`` evenly spaced slices, and the patient rule is
+    applied to them as to a whole study.
+    """
+    from covidct.confidence import fit_confidence
+    from covidct.decide import decide
+
+    probs, codes = predict_studies(model, val, device)
+    patients = []
+    at = 0
+    for st in val:
+        n = int(np.asarray(st.y).size)
+        p = probs[at : at + n]
+        at += n
+        d = decide(p)
+        patients.append((p, st.record.label, d.label, d.kept))
+    known = codes >= 0
+    fitted = fit_confidence(
+        patients, slice_probs=probs[known], slice_y=codes[known], target_accuracy=target_accuracy
+    )
+    log.info(
+        "confidence fitted on %d validation patients: T_slice %.3g, T_patient %.3g, refer below %s",
+        len(val),
+        fitted.slice_temperature,
+        fitted.patient_temperature,
+        "-" if fitted.refer_below is None else f"{fitted.refer_below:.3g}",
+    )
+    return fitted.to_card() | {"fitted_on": "validation split"}
+
+
 def train_classifier(config: ClassifierConfig) -> Path:
     """Train a slice classifier and write its bundle to ``config.out_dir``; returns that folder.
 
@@ -253,13 +287,17 @@ def train_classifier(config: ClassifierConfig) -> Path:
         result = fit(cfg, task, run_dir=run_dir_of(cfg), dist=dist, device=device, score_name=score)
         if dist.is_main:
             calibration = write_calibration(cfg.out_dir, studies["val"], studies["train"], seed=cfg.seed)
+            model.load_state_dict(result.best_state)
+            confidence = fit_validation_confidence(
+                model.eval(), studies["val"], device, target_accuracy=cfg.target_accuracy
+            )
             finish_training(
                 cfg,
                 result,
                 summary,
                 make_card=classifier_card,
                 what="classifier",
-                extra_card={"calibration": calibration},
+                extra_card={"calibration": calibration, "confidence": confidence},
                 validation=validation,
             )
         return cfg.out_dir
