@@ -386,3 +386,29 @@ def test_cli_lesion_gate_errors_are_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and match in err[0], err
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_every_diagnosis_carries_its_confidence_and_a_fitted_card_refers(
+    tiny_model_dir: Path, small_cohort: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from covidct.bundle import read_card, write_card
+
+    study = _study_dirs(small_cohort)[0]
+    plain = Diagnoser(tiny_model_dir, backend="torch").diagnose(study)
+    assert plain.confidence is not None and not plain.confidence.calibrated and plain.confidence.refer is None
+    doc = json.loads(json.dumps(plain.to_json(), allow_nan=False))
+    assert 0 < doc["confidence"]["value"] <= 1 and doc["confidence"]["refer"] is None
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    card = read_card(model, kind="pipeline")
+    card["confidence"] = {"slice_temperature": 1.0, "patient_temperature": 1.0, "refer_below": 1.01}
+    write_card(model, card)
+    fitted = Diagnoser(model, backend="torch").diagnose(study)
+    assert fitted.confidence is not None and fitted.confidence.calibrated and fitted.confidence.refer is True
+    assert fitted.diagnosis == plain.diagnosis  # the confidence never changes the answer
+    card["confidence"] = {"patient_temperature": "warm"}
+    write_card(model, card)
+    with pytest.raises(ModelError, match="unreadable confidence entry"):
+        Diagnoser(model, backend="torch")

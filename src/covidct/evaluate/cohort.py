@@ -156,11 +156,13 @@ def _evaluate(
         synthetic_kind,
         synthetic_label,
     )
+    from covidct.evaluate.referral import ScoredStudy, calibration_section
     from covidct.evaluate.report import write_evaluation
     from covidct.report.strip import slice_strip
 
     (out / "studies").mkdir(parents=True, exist_ok=True)
     predictions: list[tuple[str, str, Any]] = []
+    scored: list[ScoredStudy] = []
     slice_records: list[tuple[str, list[int], list[int]]] = []
     failures: list[dict[str, str]] = []
     drawn: set[str] = set()
@@ -198,6 +200,16 @@ def _evaluate(
             failures.append({"case": rec.case, "error": f"{type(exc).__name__}: {exc}"})
             continue
         predictions.append((rec.case, rec.diagnosis, result))
+        scored.append(
+            ScoredStudy(
+                np.asarray(result.probabilities),
+                truth,
+                result.decision.kept,
+                rec.label,
+                result.decision.label,
+                result.confidence,
+            )
+        )
         origin = origins[rec.case]
         by_origin[origin].append(study_slices(rec, result.probabilities, result.diagnosis))
         if probing:
@@ -236,6 +248,9 @@ def _evaluate(
         synthetic=sections["synthetic"],
         probe=probe,
         clean_shift=shift,
+        calibration=calibration_section(
+            scored, diagnoser.confidence_model, out, threshold=diagnoser.threshold
+        ),
     )
     metrics["failures"] = failures
     return metrics

@@ -181,6 +181,7 @@ def write_evaluation(
     synthetic: Mapping[str, Any] | None = None,
     probe: Mapping[str, Any] | None = None,
     clean_shift: Mapping[str, Any] | None = None,
+    calibration: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score patient predictions; write ``metrics.json``, ``confusion_patient.png``, ``confusion_slice.png``
     (when slice labels exist) and ``summary.md`` into ``out_dir``; return the metrics dict (as written).
@@ -194,6 +195,8 @@ def write_evaluation(
     ``origins``: ``{case: "real" | "synthetic"}`` (every case), labelling the cases and the tables' titles;
     ``real`` / ``synthetic`` / ``probe`` / ``clean_shift``: the sections of :mod:`covidct.evaluate.origin` and
     :mod:`covidct.evaluate.probe`, written as given and shown in the summary apart from the pooled tables.
+    ``calibration``: the section of :func:`covidct.evaluate.referral.calibration_section` (its PNGs are
+    already in ``out_dir``).
     """
     from covidct.bundle import check_rule
 
@@ -251,7 +254,8 @@ def write_evaluation(
         "synthetic": None if synthetic is None else dict(synthetic),
         "probe": None if probe is None else dict(probe),
         "clean_shift": None if clean_shift is None else dict(clean_shift),
-        "files": files,
+        "calibration": None if calibration is None else dict(calibration),
+        "files": files | ({} if calibration is None else dict(calibration.get("files", {}))),
     }
     synthetic_name = str(synthetic["label"]) if synthetic is not None else "synthetic (phantom)"
     which = _which_studies(origins, synthetic_name)
@@ -305,6 +309,10 @@ def write_evaluation(
     ]
     if slice_summary is not None:
         md += [metrics_markdown(slice_summary, title="Slice level")]
+    if calibration is not None:
+        from covidct.evaluate.referral import calibration_markdown
+
+        md += [calibration_markdown(calibration)]
     md += ["## Diagnosis time", "", _timing_markdown(time_info)]
     atomic_write_text(out / files["summary"], "\n".join(md))
     atomic_write_text(out / files["metrics"], text + "\n")
