@@ -33,6 +33,7 @@ COMMANDS: tuple[str, ...] = (
     "train",
     "diagnose",
     "evaluate",
+    "calibrate",
     "readers",
     "demo",
     "serve",
