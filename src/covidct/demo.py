@@ -54,6 +54,7 @@ class DemoSettings:
     segmenter_batch_size: int = 8
     segmenter_minutes: float | None = None
     max_slices_per_study: int | None = 48
+    classifier_supervision: str = "auto"
     seed: int = 0
 
     @classmethod
@@ -223,6 +224,7 @@ def run_demo(
             cache_dir=cache,
             progress=progress,
             data_provenance=provenance | ({"real": str(real)} if real is not None else {}),
+            supervision=s.classifier_supervision,
         )
     )
     timings["train_classifier"] = time.perf_counter() - t

@@ -25,6 +25,12 @@ def register(sub: Any) -> None:
         "pipeline (default: ../shared/data/covid-ct-md or $COVIDCT_REAL_DATA when present; 'none': skip)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument(
+        "--supervision",
+        choices=("auto", "slice", "patient", "mixed"),
+        default="auto",
+        help="the classifier's supervision (see covidct train classifier --help; default auto)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a few-minute smoke run (numbers not meaningful)")
     p.add_argument("--no-progress", action="store_true")
@@ -39,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from covidct.registry import DISPLAY_NAMES, class_index
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
-    settings = replace(settings, seed=args.seed)
+    settings = replace(settings, seed=args.seed, classifier_supervision=args.supervision)
     summary = run_demo(
         args.output,
         real=args.real,
