@@ -24,10 +24,12 @@ CLASS_NAMES: Final[tuple[str, ...]] = ("normal", "cap", "covid19")
 DISPLAY_NAMES: Final[tuple[str, ...]] = ("Normal", "CAP", "COVID-19")
 NUM_CLASSES: Final[int] = len(CLASS_NAMES)
 #: SNOMED CT concept of each patient-level class, index = ``Diagnosis`` value: (code value, code meaning).
+#: A DICOM Code Meaning is at most 64 characters (LO): 840539006's preferred term ("Disease caused by severe
+#: acute respiratory syndrome coronavirus 2", 65) does not fit, so its SNOMED CT synonym COVID-19 is used.
 CLASS_SNOMED: Final[tuple[tuple[str, str], ...]] = (
     ("17621005", "Normal"),
     ("385093006", "Community acquired pneumonia"),
-    ("840539006", "Disease caused by severe acute respiratory syndrome coronavirus 2"),
+    ("840539006", "COVID-19"),
 )
 
 

@@ -134,7 +134,25 @@ def fake_probabilities(n: int, *, seed: int = 0, covid: bool = True) -> np.ndarr
     return p
 
 
-def fake_result(volume: CTVolume, mask: np.ndarray, *, seed: int = 0, input_name: str = "fake") -> Any:
+def fake_confidence(
+    value: float = 0.87, *, refer: bool | None = False, threshold: float | None = 0.8, calibrated: bool = True
+) -> Any:
+    """A :class:`covidct.confidence.StudyConfidence` with ``value`` on COVID-19 (``refer`` and ``threshold``
+    as given: None for a model without a fitted threshold)."""
+    from covidct.confidence import StudyConfidence
+
+    rest = (1.0 - value) / 2
+    return StudyConfidence(value, refer, threshold, (rest, rest, value), calibrated)
+
+
+def fake_result(
+    volume: CTVolume,
+    mask: np.ndarray,
+    *,
+    seed: int = 0,
+    input_name: str = "fake",
+    confidence: Any = None,
+) -> Any:
     from covidct.decide import decide
     from covidct.diagnose import StudyResult
 
@@ -148,14 +166,18 @@ def fake_result(volume: CTVolume, mask: np.ndarray, *, seed: int = 0, input_name
         timing_s={"total": 0.01},
         model={"name": "tiny-fake", "hash": "0" * 12, "version": "test"},
         software={"covidct": "test"},
+        confidence=confidence,
     )
 
 
 class FakeDiagnoser:
     """``diagnose(path)``: the real loader, a threshold lung mask, seeded probabilities, the real rule."""
 
-    def __init__(self, seed: int = 0, *, delay_s: float = 0.0, lesions: bool = False) -> None:
+    def __init__(
+        self, seed: int = 0, *, delay_s: float = 0.0, lesions: bool = False, confidence: Any = None
+    ) -> None:
         self.seed = seed
+        self.confidence = confidence  # a StudyConfidence given to every result (None: results carry none)
         self.delay_s = delay_s
         self.lesions = lesions
         self.pipeline = SimpleNamespace(
@@ -180,7 +202,7 @@ class FakeDiagnoser:
             raise NotChestCTError(f"{source}: no lung-like air in the study; is this a chest CT?")
         if self.delay_s:
             time.sleep(self.delay_s)
-        result = fake_result(volume, mask, seed=self.seed, input_name=str(source))
+        result = fake_result(volume, mask, seed=self.seed, input_name=str(source), confidence=self.confidence)
         if self.lesions:  # the HU-threshold lesions, as a pipeline with a lesion model would add them
             from covidct.lesions.api import lesions_of_volume
             from covidct.lesions.classical import ClassicalLesionSegmenter

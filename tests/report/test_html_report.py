@@ -1,15 +1,17 @@
 from __future__ import annotations
 
 import base64
+import math
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from fake_study import TinyClassifier, fake_result, make_volume
+from fake_study import TinyClassifier, fake_confidence, fake_result, make_volume
 
 from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
 from covidct.report.gradcam import SliceExplainer
-from covidct.report.html import DISCLAIMER, mean_probabilities, write_report
+from covidct.report.html import DISCLAIMER, confidence_texts, mean_probabilities, render_report, write_report
 from covidct.report.images import driving_slices
 
 
@@ -71,3 +73,42 @@ def test_mean_probabilities_ignore_unclassified_rows() -> None:
     means = mean_probabilities(result)
     expected = result.probabilities[start:stop].mean(axis=0)
     assert np.allclose([means[c] for c in CLASS_NAMES], expected, atol=1e-6)
+
+
+def _confident(**kw: Any) -> Any:
+    volume, mask = make_volume(n=10, size=32)
+    return fake_result(volume, mask, seed=1, confidence=fake_confidence(**kw))
+
+
+def test_report_shows_the_confidence_and_the_referral() -> None:
+    text = render_report(_confident(value=0.62, refer=True, threshold=0.8))
+    assert "<p class='conf' id='confidence'" in text and ">Confidence 62 % (calibrated)</p>" in text
+    assert (
+        "<p class='refer' id='referral'>Refer to a radiologist: confidence below the model&#x27;s threshold "
+        "(80 %)</p>" in text
+    )
+    text = render_report(_confident(value=0.91, refer=False, threshold=0.8))
+    assert "Confidence 91 % (calibrated)" in text and "Refer to a radiologist" not in text
+    assert "<p class='note' id='referral'>Not referred: confidence at or above" in text
+
+
+def test_report_says_when_no_referral_threshold_was_fitted() -> None:
+    text = render_report(_confident(value=0.7, refer=None, threshold=None, calibrated=False))
+    assert "Confidence 70 % (not calibrated)" in text
+    assert "No referral threshold was fitted for this model" in text
+    assert "Refer to a radiologist" not in text
+
+
+def test_report_without_a_confidence_shows_none() -> None:
+    volume, mask = make_volume(n=10, size=32)
+    text = render_report(fake_result(volume, mask, seed=1))
+    assert "id='confidence'" not in text and "id='referral'" not in text and "Confidence" not in text
+
+
+def test_confidence_texts_are_honest_about_close_and_infinite_thresholds() -> None:
+    # close numbers get the decimals that tell them apart; an infinite threshold refers every study
+    line, referral = confidence_texts(fake_confidence(0.8661, refer=True, threshold=0.8744))
+    assert line == "Confidence 86.6 % (calibrated)" and referral.endswith("threshold (87.4 %)")
+    line, referral = confidence_texts(fake_confidence(0.9, refer=True, threshold=math.inf))
+    assert line == "Confidence 90 % (calibrated)"
+    assert referral.startswith("Refer to a radiologist") and "every study is referred" in referral

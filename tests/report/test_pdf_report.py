@@ -4,7 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_study import TinyClassifier, fake_result, make_volume
+from fake_study import TinyClassifier, fake_confidence, fake_result, make_volume
 
 from covidct.report.gradcam import SliceExplainer
 from covidct.report.html import DISCLAIMER
@@ -73,3 +73,35 @@ def test_pdf_report_adds_the_involvement_page_when_lesions_were_segmented(
     total = result.involvement["total"]
     assert any(t.startswith("both") and t.endswith(f"{total['score']:>2}/30") for t in drawn_text)
     assert any(t.startswith("slice ") and "most involved" in t for t in drawn_text)
+
+
+@pytest.mark.parametrize(
+    ("confidence", "lines"),
+    [
+        (
+            {"value": 0.62, "refer": True, "threshold": 0.8},
+            [
+                "Confidence 62 % (calibrated)",
+                "Refer to a radiologist: confidence below the model's threshold (80 %)",
+            ],
+        ),
+        (
+            {"value": 0.7, "refer": None, "threshold": None, "calibrated": False},
+            ["Confidence 70 % (not calibrated)", "No referral threshold was fitted for this model"],
+        ),
+        (None, []),
+    ],
+)
+def test_pdf_report_shows_the_confidence_and_the_referral(
+    tmp_path: Path, drawn_text: list[str], confidence: dict[str, Any] | None, lines: list[str]
+) -> None:
+    volume, mask = make_volume(n=10, size=32)
+    conf = None if confidence is None else fake_confidence(**confidence)
+    write_pdf(fake_result(volume, mask, seed=1, confidence=conf), tmp_path / "r.pdf")
+    joined = " ".join(drawn_text)  # the writer wraps long lines into consecutive strings
+    for line in lines:
+        assert line in joined
+    if confidence is None:
+        assert not any(t.startswith(("Confidence", "Refer", "No referral")) for t in drawn_text)
+    elif confidence["refer"] is None:
+        assert "Refer to a radiologist" not in joined

@@ -194,3 +194,33 @@ def test_lesion_overlay_only_when_the_pipeline_segments_lesions(
             any(o[..., 3].any() for o in overlays) or done["result"]["involvement"]["total"]["lesion_ml"] == 0
         )
         assert client.get(f"/v1/studies/{job}/lesions/{n}.png").status_code in (404, 422)
+
+
+def test_the_result_and_the_viewer_carry_the_confidence(
+    make_app: Callable[..., Any], nifti_bytes: bytes
+) -> None:
+    import math
+
+    from fake_study import fake_confidence
+
+    confidence = fake_confidence(0.9, refer=True, threshold=math.inf)
+    with TestClient(make_app(diagnoser=FakeDiagnoser(seed=0, confidence=confidence))) as client:
+        job = _post(client, nifti_bytes, "study.nii.gz").json()["id"]
+        result = wait_done(client, job).json()["result"]
+        assert result["confidence"] == {
+            "value": 0.9,
+            "refer": True,
+            "threshold": "inf",  # strict JSON: every study is referred
+            "probabilities": {"normal": 0.05, "cap": 0.05, "covid19": 0.9},
+            "calibrated": True,
+        }
+        report = client.get(f"/v1/studies/{job}/report.html").text
+        assert "Confidence 90 % (calibrated)" in report and "Refer to a radiologist" in report
+        viewer = client.get("/static/viewer.html").text
+        for element in ('id="confidence"', 'id="referral"', 'id="refer-badge"'):
+            assert element in viewer
+        script = client.get("/static/viewer.js").text
+        assert "showConfidence(r.confidence)" in script and "Refer to a radiologist" in script
+    with TestClient(make_app()) as client:  # a result without a confidence: none in the JSON
+        job = _post(client, nifti_bytes, "study.nii.gz").json()["id"]
+        assert "confidence" not in wait_done(client, job).json()["result"]

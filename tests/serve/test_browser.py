@@ -61,6 +61,8 @@ def test_viewer_upload_scroll_toggle(live_server: Callable[..., Any], page: Any,
         assert page.is_visible("#viewer")
         diagnosis = page.text_content("#diagnosis")
         assert diagnosis in ("Normal", "CAP", "COVID-19")
+        # this result carries no confidence: nothing about it is shown
+        assert not page.is_visible("#confidence") and not page.is_visible("#refer-badge")
         assert "slice" in page.text_content("#trace").lower() or page.text_content("#trace").strip()
         start = int(page.input_value("#slider"))
         page.wait_for_function("document.getElementById('slice-img').naturalWidth === 48")
@@ -125,6 +127,48 @@ def test_viewer_lesion_overlay_toggles(live_server: Callable[..., Any], page: An
         page.screenshot(path=str(ARTIFACTS / "06-lesions.png"), full_page=True)
         page.uncheck("#toggle-lesions")
         assert not page.is_visible("#lesion-img")
+
+
+@pytest.mark.parametrize(
+    ("confidence", "badge", "referral"),
+    [
+        (
+            {"value": 0.6234, "refer": True, "threshold": 0.8},
+            True,
+            "Refer to a radiologist: confidence below the model's threshold (80 %)",
+        ),
+        (
+            {"value": 0.7, "refer": None, "threshold": None, "calibrated": False},
+            False,
+            "No referral threshold was fitted for this model: it gives no advice on referral.",
+        ),
+    ],
+)
+def test_viewer_shows_the_confidence_and_the_refer_badge(
+    live_server: Callable[..., Any],
+    page: Any,
+    tmp_path: Path,
+    confidence: dict[str, Any],
+    badge: bool,
+    referral: str,
+) -> None:
+    from fake_study import FakeDiagnoser, fake_confidence, make_volume
+
+    volume, _ = make_volume(n=12, size=48)
+    study = volume.save(tmp_path / "study.nii.gz")
+    diagnoser = FakeDiagnoser(seed=0, confidence=fake_confidence(**confidence))
+    with live_server(diagnoser=diagnoser) as server:
+        _upload(page, server.url, study)
+        calibrated = "calibrated" if confidence.get("calibrated", True) else "not calibrated"
+        value = round(100 * confidence["value"])
+        assert page.text_content("#confidence") == f"Confidence {value} % ({calibrated})"
+        assert page.is_visible("#confidence") and page.is_visible("#referral")
+        assert page.text_content("#referral") == referral
+        assert page.is_visible("#refer-badge") is badge
+        assert (page.get_attribute("#referral", "class") == "refer") is badge
+        if badge:
+            assert page.text_content("#refer-badge").strip().lower() == "refer"
+            page.screenshot(path=str(ARTIFACTS / "07-refer.png"), full_page=True)
 
 
 def test_viewer_shows_refusals(live_server: Callable[..., Any], page: Any, tmp_path: Path) -> None:

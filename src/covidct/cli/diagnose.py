@@ -218,11 +218,7 @@ def _diagnose_all(
         if url is not None:
             result.input = url
         doc = study_document(result)
-        d = result.decision
-        tqdm.write(
-            f"{source}: {d.diagnosis}  ({d.explain()})  [{result.timing_s.get('total', 0.0):.1f} s]",
-            file=sys.stderr,
-        )
+        tqdm.write(summary_line(source, result), file=sys.stderr)
         if args.json:
             print(json.dumps(doc, allow_nan=False))
         if ref is not None and args.dicomweb_store:
@@ -240,6 +236,22 @@ def _diagnose_all(
         print(f"covidct diagnose: {failures} of {len(inputs)} studies failed", file=sys.stderr)
         return 1
     return 0
+
+
+def summary_line(source: object, result: Any) -> str:
+    """The line printed per diagnosed study: diagnosis, the rule in words, time, and, when the result has a
+    confidence, ``confidence 0.87`` (``(not calibrated)`` for models without a fitted calibration) and
+    ``REFER`` when it falls below the model's referral threshold."""
+    d = result.decision
+    line = f"{source}: {d.diagnosis}  ({d.explain()})  [{result.timing_s.get('total', 0.0):.1f} s]"
+    confidence = getattr(result, "confidence", None)
+    if confidence is not None:
+        line += f"  confidence {confidence.value:.2f}"
+        if not confidence.calibrated:
+            line += " (not calibrated)"
+        if confidence.refer:
+            line += "  REFER"
+    return line
 
 
 def _run_cohort(args: argparse.Namespace) -> int:

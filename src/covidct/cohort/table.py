@@ -2,9 +2,12 @@
 
 The table (``OUT/results.csv``, and ``OUT/results.parquet`` when pyarrow is installed) has one row per study:
 ``case, truth, prediction, p_normal, p_cap, p_covid19`` (the patient-level class fractions of the kept
-slices), ``branch, lung_right_ml, lung_left_ml, time_s, model_hash, slice_predictions, error``. It is a
-predictions CSV: ``covidct evaluate --predictions OUT/results.csv`` scores it (rows with an error are left
-out and counted).
+slices), ``branch, lung_right_ml, lung_left_ml, time_s, model_hash, slice_predictions, error``, then
+``confidence`` (the probability of the prediction, :mod:`covidct.confidence`) and ``refer`` (``true`` /
+``false``; empty when the model has no referral threshold), both empty for documents without a confidence.
+The two are last so that the earlier columns keep their places. It is a predictions CSV: ``covidct evaluate
+--predictions OUT/results.csv`` scores it (rows with an error are left out and counted; columns it does not
+know are ignored).
 """
 
 from __future__ import annotations
@@ -38,6 +41,8 @@ COLUMNS: tuple[str, ...] = (
     "model_hash",
     "slice_predictions",
     "error",
+    "confidence",
+    "refer",
 )
 
 
@@ -124,6 +129,11 @@ def row_of(case: str, truth: str | None, doc: dict[str, Any] | None, error: str 
         model_hash=doc.get("model", {}).get("hash", ""),
         slice_predictions=" ".join(str(int(v)) for v in doc.get("slice_predictions", [])),
     )
+    confidence = doc.get("confidence") or {}
+    if confidence.get("value") is not None:
+        row["confidence"] = confidence["value"]
+    if confidence.get("refer") is not None:
+        row["refer"] = "true" if confidence["refer"] else "false"
     return row
 
 
@@ -146,8 +156,15 @@ def write_table(rows: Iterable[dict[str, Any]], out_dir: Path) -> list[Path]:
     def numeric(v: Any) -> float | None:
         return None if v == "" else float(v)
 
-    numeric_cols = {"p_normal", "p_cap", "p_covid19", "lung_right_ml", "lung_left_ml", "time_s"}
-    table = pa.table({c: [numeric(r[c]) if c in numeric_cols else str(r[c]) for r in rows] for c in COLUMNS})
+    def flag(v: Any) -> bool | None:
+        return None if v == "" else v == "true"
+
+    numeric_cols = {"p_normal", "p_cap", "p_covid19", "lung_right_ml", "lung_left_ml", "time_s", "confidence"}
+    columns: dict[str, list[Any]] = {}
+    for c in COLUMNS:
+        convert = numeric if c in numeric_cols else flag if c == "refer" else str
+        columns[c] = [convert(r[c]) for r in rows]
+    table = pa.table(columns)
     written.append(atomic_write(out_dir / "results.parquet", lambda tmp: pq.write_table(table, tmp)))
     return written
 

@@ -5,7 +5,10 @@ The SR is a TID 1500 Measurement Report in a Comprehensive 3D SR (highdicom). It
 - one measurement group for the patient: the finding as a SNOMED CT coded value (COVID-19 840539006,
   community-acquired pneumonia 385093006, normal 17621005), the three patient-level class fractions of the
   kept slices (percent), and the algorithm identification: model name, version, content hash, the rule's
-  branch and a research-use statement;
+  branch and a research-use statement; when the result has a confidence (:mod:`covidct.confidence`), the
+  confidence as (111012, DCM, "Certainty of Finding") in percent, its measurement method saying whether it is
+  calibrated, the referral threshold among the algorithm parameters and, when the model has a threshold, the
+  referral as a coded Yes/No ("Refer for radiologist review", a 99COVIDCT code);
 - one volumetric measurement group per lung: its volume (ml), referencing its segment of the lung SEG.
 
 A study that could not be diagnosed gets a short SR that says why (:func:`build_failure_sr`, :func:`write_failure`). Every object
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +33,7 @@ from covidct.registry import CLASS_NAMES, CLASS_SNOMED, DISPLAY_NAMES
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
 
+    from covidct.confidence import StudyConfidence
     from covidct.diagnose import StudyResult
 
 log = logging.getLogger(__name__)
@@ -109,6 +114,35 @@ def _report(content: Any, evidence: Sequence[Dataset], *, description: str) -> D
     return sr
 
 
+def _confidence_items(confidence: StudyConfidence) -> tuple[Any, Any | None, str]:
+    """The confidence measurement, the referral evaluation (None without a fitted threshold) and the
+    algorithm parameter that states the threshold."""
+    import highdicom as hd
+
+    if confidence.calibrated:
+        method = _code("calibrated", SCHEME, "Temperature-scaled on validation patients")
+    else:
+        method = _code("not-calibrated", SCHEME, "Not calibrated (model probability as it is)")
+    measurement = hd.sr.Measurement(
+        name=_code("111012", "DCM", "Certainty of Finding"),
+        value=round(100.0 * float(confidence.value), 2),
+        unit=_code("%", "UCUM", "percent"),
+        method=method,
+    )
+    threshold = confidence.threshold
+    if confidence.refer is None or threshold is None:
+        return measurement, None, "no referral threshold fitted: no referral advice"
+    if math.isfinite(threshold):
+        parameter = f"referral below a confidence of {100.0 * threshold:.2f} %"
+    else:
+        parameter = "every study referred: no confidence reached the target accuracy on validation patients"
+    answer = _code("373066001", "SCT", "Yes") if confidence.refer else _code("373067005", "SCT", "No")
+    referral = hd.sr.QualitativeEvaluation(
+        name=_code("refer", SCHEME, "Refer for radiologist review"), value=answer
+    )
+    return measurement, referral, parameter
+
+
 def build_sr(result: StudyResult, seg: Dataset, source_datasets: Sequence[Dataset]) -> Dataset:
     """The TID 1500 report of ``result``; ``seg`` is its lung DICOM SEG (the volumes reference its segments)."""
     import highdicom as hd
@@ -129,12 +163,18 @@ def build_sr(result: StudyResult, seg: Dataset, source_datasets: Sequence[Datase
         for i, name in enumerate(CLASS_NAMES)
     ]
     branch = str(trace.get("branch", ""))
+    parameters = [f"patient rule branch {branch}"]
+    evaluations = [hd.sr.QualitativeEvaluation(name=_code("121071", "DCM", "Finding"), value=finding)]
+    if result.confidence is not None:
+        confidence, referral, parameter = _confidence_items(result.confidence)
+        measurements.append(confidence)
+        parameters.append(parameter)
+        if referral is not None:
+            evaluations.append(referral)
     patient = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="patient-level finding"),
-        algorithm_id=_algorithm(result, [f"patient rule branch {branch}"]),
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=_code("121071", "DCM", "Finding"), value=finding)
-        ],
+        algorithm_id=_algorithm(result, parameters),
+        qualitative_evaluations=evaluations,
         measurements=measurements,
     )
     volumes = lung_volumes_ml(result.mask, result.volume)

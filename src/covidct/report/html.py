@@ -1,6 +1,7 @@
 """The per-study HTML report: one self-contained file (images inlined as base64 PNG, no external assets).
 
-Contents: the diagnosis and per-class mean slice probabilities, the rule trace in words, the slice strip
+Contents: the diagnosis with its confidence and referral advice (when the result has a confidence:
+``covidct.confidence``), per-class mean slice probabilities, the rule trace in words, the slice strip
 (``covidct.report.strip``), a mosaic of the slices that drove the
 decision with Grad-CAM heat maps (when a model is given), the lung involvement (zone table and the most
 involved slice, when the result has lesions: ``covidct.report.involvement``), lung volumes, the model identity and software
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import html
 import logging
+import math
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,6 +35,7 @@ from covidct.report.images import (
 from covidct.report.involvement import involvement_section
 
 if TYPE_CHECKING:
+    from covidct.confidence import StudyConfidence
     from covidct.diagnose import StudyResult
     from covidct.report.gradcam import SliceExplainer
 
@@ -48,7 +51,9 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px 
 color:#1b1f24;line-height:1.4;padding:0 16px}
 h1{font-size:1.5em;margin-bottom:4px}h2{font-size:1.15em;margin-top:28px;border-bottom:1px solid #ddd}
 .warn{background:#fff4e5;border:1px solid #f0a020;padding:8px 12px;border-radius:6px}
-.dx{font-size:1.6em;font-weight:600}
+.dx{font-size:1.6em;font-weight:600;margin-bottom:2px}.conf{font-size:1.1em;margin-top:0}
+.refer{background:#fdecea;border:2px solid #c62828;color:#8e0000;padding:8px 12px;border-radius:6px;
+font-weight:600}.note{color:#555;font-style:italic}
 table{border-collapse:collapse}td,th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left}
 pre{background:#f6f8fa;padding:10px;border-radius:6px;white-space:pre-wrap}
 .mosaic{display:grid;grid-template-columns:repeat(auto-fill,minmax(240px,1fr));gap:10px}
@@ -111,6 +116,42 @@ def heat_note(explainer: SliceExplainer | None) -> str:
             "window; lung mask tinted."
         )
     return "Heat maps unavailable (no model was given to the report writer); lung mask tinted."
+
+
+def _percents(value: float, threshold: float | None) -> tuple[str, str | None]:
+    """``value`` and a finite ``threshold`` as percentages, with as many decimals (up to 2) as it takes for
+    them to differ when the numbers do (a study referred at 86.6 % against 87.4 % must not read 87 % < 87 %)."""
+    t = threshold if threshold is not None and math.isfinite(threshold) else None
+    digits = 0
+    while (
+        t is not None and digits < 2 and value != t and round(100 * value, digits) == round(100 * t, digits)
+    ):
+        digits += 1
+    return f"{100 * value:.{digits}f} %", None if t is None else f"{100 * t:.{digits}f} %"
+
+
+def confidence_texts(confidence: StudyConfidence) -> tuple[str, str]:
+    """The confidence line (``Confidence 87 % (calibrated)``) and the referral line of a study.
+
+    The referral line says to refer when ``refer`` is True, that the study is not referred when it is False,
+    and that no referral threshold was fitted when it is None (bundles made before calibration, or fitted
+    without validation patients).
+    """
+    c = confidence
+    value, threshold = _percents(c.value, c.threshold)
+    kind = "calibrated" if c.calibrated else "not calibrated"
+    line = f"Confidence {value} ({kind})"
+    if c.refer is None or c.threshold is None:
+        return line, "No referral threshold was fitted for this model: it gives no advice on referral."
+    where = (
+        f"the model's threshold ({threshold})"
+        if threshold is not None
+        else "the model's threshold (no confidence reached the target accuracy on validation patients, "
+        "so every study is referred)"
+    )
+    if c.refer:
+        return line, f"Refer to a radiologist: confidence below {where}"
+    return line, f"Not referred: confidence at or above {where}"
 
 
 def class_facts(result: StudyResult) -> list[tuple[str, str]]:
@@ -181,6 +222,17 @@ def render_report(
         "<h2>Diagnosis</h2>",
         f"<p class='dx' id='diagnosis'>{html.escape(DISPLAY_NAMES[cls])}</p>",
     ]
+    if result.confidence is not None:
+        line, referral = confidence_texts(result.confidence)
+        tip = (
+            "the probability of this answer after temperature scaling on validation patients"
+            if result.confidence.calibrated
+            else "the model's probability of this answer as it is: not calibrated on validation patients, "
+            "it may overstate or understate how often such answers are right"
+        )
+        parts.append(f"<p class='conf' id='confidence' title='{html.escape(tip)}'>{html.escape(line)}</p>")
+        style = "refer" if result.confidence.refer else "note"
+        parts.append(f"<p class='{style}' id='referral'>{html.escape(referral)}</p>")
     parts.append(_table(class_facts(result)))
     parts.append("<h2>How the rule decided</h2>")
     parts.append(f"<pre id='trace'>{html.escape(d.explain())}</pre>")

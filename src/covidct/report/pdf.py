@@ -1,10 +1,10 @@
 """The per-study report as PDF, rendered offline with matplotlib's PDF backend (already a dependency).
 
-Same content as the HTML report (:mod:`covidct.report.html`): page 1 the diagnosis, per-class figures, the
-rule trace, lungs and study, model and software, and the research-use statement; page 2 the slice strip and
-the mosaic of the slices that drove the decision (Grad-CAM when a model is given); page 3, when lesions were
-segmented, the lung-involvement table and the most involved slice. No patient name, ID or
-input path unless ``show_phi``.
+Same content as the HTML report (:mod:`covidct.report.html`): page 1 the diagnosis (with its confidence and
+referral advice when the result has them), per-class figures, the rule trace, lungs and study, model and
+software, and the research-use statement; page 2 the slice strip and the mosaic of the slices that drove the
+decision (Grad-CAM when a model is given); page 3, when lesions were segmented, the lung-involvement table and
+the most involved slice. No patient name, ID or input path unless ``show_phi``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from covidct.registry import CLASS_NAMES, DISPLAY_NAMES
 from covidct.report.html import (
     DISCLAIMER,
     class_facts,
+    confidence_texts,
     heat_note,
     model_facts,
     mosaic_images,
@@ -106,6 +107,13 @@ def _render(
         w.line("covidct study report", size=16, weight="bold", gap=0.005)
         w.line(DISCLAIMER, size=9, weight="bold", color="#a05a00", gap=0.01)
         w.line(f"Diagnosis: {DISPLAY_NAMES[cls]}", size=15, weight="bold", gap=0.005)
+        if result.confidence is not None:
+            line, referral = confidence_texts(result.confidence)
+            w.line(line, size=11, weight="bold", gap=0.003)
+            if result.confidence.refer:
+                w.line(referral, size=10.5, weight="bold", color="#b00020", gap=0.006)
+            else:
+                w.line(referral, size=8.5, style="italic", gap=0.006)
         w.rows(class_facts(result))
         w.line("How the rule decided", size=11, weight="bold")
         for para in d.explain().splitlines():

@@ -57,6 +57,39 @@
   }
 
   // --- result --------------------------------------------------------------------------------------
+  // value and threshold as percentages, with as many decimals (up to 2) as it takes for them to differ
+  function percents(value, threshold) {
+    const finite = typeof threshold === "number";
+    let digits = 0;
+    while (finite && digits < 2 && value !== threshold &&
+      (100 * value).toFixed(digits) === (100 * threshold).toFixed(digits)) digits++;
+    return [(100 * value).toFixed(digits) + " %", finite ? (100 * threshold).toFixed(digits) + " %" : null];
+  }
+
+  // the confidence of the answer and the referral advice (results.confidence; absent: nothing shown)
+  function showConfidence(c) {
+    const conf = $("confidence"), referral = $("referral"), badge = $("refer-badge");
+    conf.hidden = referral.hidden = !c;
+    badge.hidden = !c || c.refer !== true;
+    if (!c) return;
+    const [value, threshold] = percents(c.value, c.threshold);
+    conf.textContent = "Confidence " + value + " (" + (c.calibrated ? "calibrated" : "not calibrated") + ")";
+    conf.title = c.calibrated
+      ? "the probability of this answer after temperature scaling on validation patients"
+      : "the model's probability of this answer as it is: not calibrated on validation patients";
+    conf.dataset.value = String(c.value);
+    const where = threshold !== null ? "the model's threshold (" + threshold + ")"
+      : "the model's threshold (no confidence reached the target accuracy on validation patients, so every study is referred)";
+    if (c.refer === null || c.refer === undefined || c.threshold === null) {
+      referral.textContent = "No referral threshold was fitted for this model: it gives no advice on referral.";
+    } else if (c.refer) {
+      referral.textContent = "Refer to a radiologist: confidence below " + where;
+    } else {
+      referral.textContent = "Not referred: confidence at or above " + where;
+    }
+    referral.className = c.refer === true ? "refer" : "note";
+  }
+
   function show(body) {
     const r = body.result;
     state.result = r; state.n = r.n_slices; state.urls.clear();
@@ -66,6 +99,7 @@
     $("viewer").hidden = false;
     $("viewer").dataset.study = state.id;
     $("diagnosis").textContent = names[r.diagnosis] || r.diagnosis;
+    showConfidence(r.confidence);
     const counts = $("counts"); counts.innerHTML = "";
     r.classes.forEach((c) => {
       const tr = document.createElement("tr");
