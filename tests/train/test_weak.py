@@ -99,6 +99,7 @@ def test_targets_patient_labels_and_auto_mode() -> None:
         ({"pooling": "max"}, "--pooling"),
         ({"top_k": 9, "bag_size": 8}, "--top-k"),
         ({"target_accuracy": 1.5}, "--target-accuracy"),
+        ({"source_weights": [1.0, 2.0]}, "--source-weights"),
     ],
 )
 def test_bad_weak_settings_name_the_option(kw: dict[str, object], match: str, tmp_path: Path) -> None:
@@ -140,12 +141,17 @@ def test_patient_labels_alone_teach_the_slices(
         seed=0,
         bag_size=4,
         top_k=1,
+        source_weights=[2.0],
     )
     train_classifier(cfg)
     card = json.loads((out / "model.json").read_text())
     sup = card["training"]["supervision"]
     assert sup["mode"] == "mixed" and sup["patient_labelled_studies"] == {"normal": 0, "cap": 3, "covid19": 3}
     assert card["validation"]["measure"].startswith("val_patient_balanced_accuracy")
+    src = card["training"]["per_source"][str(weak)]
+    assert src["weight"] == 2.0 and src["patient_labelled"] == 6 and src["slice_labelled"] == 3
+    val = card["validation_per_source"][str(weak)]
+    assert val["patients"] == 3 and 0 <= val["patient_accuracy"] <= 1
     conf = card["confidence"]
     assert conf["patient_temperature"] > 0 and conf["fitted"]["patients"] == 3
     clf = SliceClassifier.from_bundle(out)

@@ -140,6 +140,13 @@ def register(sub: Any) -> None:
         "--top-k", type=int, default=2, help="most likely slices of a bag that carry its label (2)"
     )
     cls.add_argument(
+        "--source-weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="one weight per --data source: its studies are drawn W times more often within their class",
+    )
+    cls.add_argument(
         "--target-accuracy",
         type=float,
         default=0.95,
@@ -225,6 +232,7 @@ def run(args: argparse.Namespace) -> int:
                 pooling=args.pooling,
                 top_k=args.top_k,
                 target_accuracy=args.target_accuracy,
+                source_weights=args.source_weights,
             )
         )
     elif args.what == "lesions":

@@ -29,6 +29,7 @@ from covidct.train.data import CachedStudy, SliceDataset
 from covidct.train.distributed import init_distributed, shutdown
 from covidct.train.engine import Task, fit, resolve_device
 from covidct.train.metrics import classification_metrics
+from covidct.train.sources import source_summary, source_validation
 from covidct.train.weak import (
     BagDataset,
     as_patient_labelled,
@@ -163,8 +164,9 @@ def write_calibration(
 
 def fit_validation_confidence(
     model: nn.Module, val: list[CachedStudy], device: torch.device, *, target_accuracy: float
-) -> dict[str, Any]:
-    """Temperatures and the referral threshold fitted on the validation studies (the card's ``confidence``).
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Temperatures and the referral threshold fitted on the validation studies (the card's ``confidence``),
+    and the validation figures per data source (the card's ``validation_per_source``).
 
     Validation studies hold at most ``max_slices_per_study`` evenly spaced slices, and the patient rule is
     applied to them as to a whole study.
@@ -173,7 +175,7 @@ def fit_validation_confidence(
     from covidct.decide import decide
 
     probs, codes = predict_studies(model, val, device)
-    patients = []
+    patients: list[tuple[np.ndarray, int, int, tuple[int, int]]] = []
     at = 0
     for st in val:
         n = int(np.asarray(st.y).size)
@@ -192,7 +194,8 @@ def fit_validation_confidence(
         fitted.patient_temperature,
         "-" if fitted.refer_below is None else f"{fitted.refer_below:.3g}",
     )
-    return fitted.to_card() | {"fitted_on": "validation split"}
+    per_source = source_validation(val, probs, [a for _, _, a, _ in patients])
+    return fitted.to_card() | {"fitted_on": "validation split"}, per_source
 
 
 def train_classifier(config: ClassifierConfig) -> Path:
@@ -228,6 +231,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
             else SliceDataset(studies["train"])
         )
         y = train_set.targets().astype(np.int64)
+        summary["per_source"] = source_summary(studies["train"], cfg.source_weights, cfg.data)
         summary["supervision"] = supervision_summary(
             studies["train"], mode=mode, bag_size=cfg.bag_size, pooling=cfg.pooling, top_k=cfg.top_k
         )
@@ -288,7 +292,7 @@ def train_classifier(config: ClassifierConfig) -> Path:
         if dist.is_main:
             calibration = write_calibration(cfg.out_dir, studies["val"], studies["train"], seed=cfg.seed)
             model.load_state_dict(result.best_state)
-            confidence = fit_validation_confidence(
+            confidence, per_source = fit_validation_confidence(
                 model.eval(), studies["val"], device, target_accuracy=cfg.target_accuracy
             )
             finish_training(
@@ -297,7 +301,11 @@ def train_classifier(config: ClassifierConfig) -> Path:
                 summary,
                 make_card=classifier_card,
                 what="classifier",
-                extra_card={"calibration": calibration, "confidence": confidence},
+                extra_card={
+                    "calibration": calibration,
+                    "confidence": confidence,
+                    "validation_per_source": per_source,
+                },
                 validation=validation,
             )
         return cfg.out_dir

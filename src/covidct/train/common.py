@@ -62,15 +62,25 @@ def load_split_studies(
     cache_dir = cfg.cache_dir or run_dir / "cache"
     records: list[StudyRecord] = []
     in_memory: list[CachedStudy] = []
-    for src in cfg.data:
+    weights = list(getattr(cfg, "source_weights", None) or [1.0] * len(cfg.data))
+    if len(weights) != len(cfg.data):
+        raise ConfigError(
+            f"{len(weights)} source weights for {len(cfg.data)} --data sources: give one per source"
+        )
+    for src, w in zip(cfg.data, weights, strict=True):
         if allow_images and is_image_folder(Path(src)):
             studies = image_folder_studies(Path(src), cfg.image_size)
             in_memory.extend(studies)
-            records.extend(s.record for s in studies)
+            found = [s.record for s in studies]
         elif is_image_folder(Path(src)):
             raise InputError(f"{src}: slice-image folders train the classifier only (no lung masks to learn)")
         else:
-            records.extend(read_sources([Path(src)]))
+            found = read_sources([Path(src)])
+        for rec in found:
+            rec.extra["source"] = str(src)
+            if w != 1.0:
+                rec.extra["weight"] = float(rec.extra.get("weight", 1.0)) * w
+        records.extend(found)
     if not records:
         raise InputError(f"no studies found in {', '.join(map(str, cfg.data))}")
     split_path = run_dir / SPLITS_NAME

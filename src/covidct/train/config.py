@@ -117,7 +117,9 @@ class ClassifierConfig(TrainConfig):
     multiple-instance learning over bags of ``bag_size`` kept slices pooled by ``pooling`` with ``top_k``),
     ``mixed`` (slice labels where present, patient labels elsewhere) or ``auto`` (mixed when some abnormal
     study lacks slice labels, else slice). ``target_accuracy``: the accuracy of accepted (not referred)
-    validation patients that the referral threshold is chosen for.
+    validation patients that the referral threshold is chosen for. ``source_weights`` (one per ``data``
+    source): how much more often a source's studies are drawn within their class (times a manifest's own
+    ``weight``).
     """
 
     arch: str = CLASSIFIER_ARCH
@@ -127,6 +129,7 @@ class ClassifierConfig(TrainConfig):
     pooling: str = "topk"
     top_k: int = 2
     target_accuracy: float = 0.95
+    source_weights: list[float] | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,6 +140,14 @@ class ClassifierConfig(TrainConfig):
         if self.bag_size < 1 or self.top_k < 1 or self.top_k > self.bag_size:
             raise ConfigError(
                 f"need 1 <= --top-k <= --bag-size, got top-k {self.top_k}, bag size {self.bag_size}"
+            )
+        if self.source_weights is not None and (
+            len(self.source_weights) != len(self.data)
+            or not all(w > 0 and w < float("inf") for w in self.source_weights)
+        ):
+            raise ConfigError(
+                f"--source-weights: give one positive number per --data source ({len(self.data)}), got "
+                f"{self.source_weights}"
             )
         if not 0 < self.target_accuracy <= 1:
             raise ConfigError(f"--target-accuracy must lie in (0, 1], got {self.target_accuracy}")
