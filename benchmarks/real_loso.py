@@ -61,6 +61,7 @@ def train(data: list[Path], model_dir: Path, args: argparse.Namespace) -> Path:
             device="cpu",
             cache_dir=args.out / "cache",
             progress=False,
+            supervision=args.supervision,
         )
     )
     return model_dir
@@ -187,6 +188,12 @@ def main() -> int:
         type=float,
         default=0.0,
         help="also score the held-out series with this lesion gate (shipped lesion model; 0: not)",
+    )
+    p.add_argument(
+        "--supervision",
+        default="slice",
+        choices=("slice", "patient", "mixed"),
+        help="the classifier's supervision (patient: every abnormal study by its patient label only)",
     )
     p.add_argument("--md", type=Path, default=ROOT / "benchmarks/results/real-loso.md")
     p.add_argument("--render", action="store_true", help="only re-render the table from OUT/loso-*.json")

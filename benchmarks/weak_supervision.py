@@ -192,6 +192,59 @@ def score(model_dir: Path, test_dir: Path) -> dict[str, Any]:
     }
 
 
+def render(results: dict[str, Any], md: Path) -> str:
+    """The markdown table of ``results`` (``weak.json``), written to ``md``."""
+    st = results["settings"]
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and v != v) else f"{v:.3f}"
+
+    lines = [
+        "# Weak supervision and calibration (synthetic cohorts: phantom figures, not real CT)",
+        "",
+        f"`python benchmarks/weak_supervision.py` - training cohort {st['train_patients']} patients "
+        f"(siemens-scope), test cohort {st['test_patients']} patients of another site (ge-lightspeed); "
+        f"{st['label_fraction']:.0%} of the abnormal training patients keep their slice labels "
+        f"({', '.join(results['slice_labels_kept'])}); resnet18 {st['image_size']} px, {st['epochs']} epochs "
+        f"x {st['steps']} steps x 16 slices, at most {st['max_slices']} slices per study, seed {st['seed']}, "
+        "the same patient split for every run; CPU.",
+        "",
+        "| training | test slice AUC | test patients right | slice ECE before / after | patient ECE before / "
+        "after | patient Brier before / after | T slice, T patient | refer below (validation) | referred | "
+        "accuracy of the accepted | train s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode in MODES:
+        r = results.get(mode)
+        if r is None:
+            continue
+        ts, tp = r["temperatures"]
+        lines.append(
+            f"| {mode} | {f(r['slice_auc'])} | {r['patients_right']} | {f(r['slice_ece_before'])} / "
+            f"{f(r['slice_ece_after'])} | {f(r['patient_ece_before'])} / {f(r['patient_ece_after'])} | "
+            f"{f(r['patient_brier_before'])} / {f(r['patient_brier_after'])} | {ts:.2f}, {tp:.2f} | "
+            f"{r['refer_below'] if isinstance(r['refer_below'], str) else f(r['refer_below'])} | "
+            f"{r['referred']}/{st['test_patients']} | {f(r['accepted_accuracy'])} | {r['train_seconds']} |"
+        )
+    lines += [
+        "",
+        "Risk-coverage on the test site (accuracy of the accepted patients as the threshold falls, most "
+        "confident first):",
+        "",
+    ]
+    for mode in MODES:
+        r = results.get(mode)
+        if r is None:
+            continue
+        rc = r["risk_coverage"]
+        pts = ", ".join(f"{c:.2f}: {a:.2f}" for c, a in zip(rc["coverage"], rc["accuracy"], strict=True))
+        lines.append(f"- {mode} (coverage: accuracy): {pts}")
+    text = "\n".join(lines) + "\n"
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(text, encoding="utf-8")
+    return text
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "weak")
@@ -204,7 +257,12 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--max-slices", type=int, default=48)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--md", type=Path, default=ROOT / "benchmarks" / "results" / "weak-supervision.md")
+    p.add_argument("--render", action="store_true", help="only re-render the table from WORK/weak.json")
     args = p.parse_args()
+    if args.render:
+        print(render(json.loads((args.work / "weak.json").read_text()), args.md))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from covidct.evaluate.calibration import plot_reliability, plot_risk_coverage
 
@@ -227,10 +285,13 @@ def main() -> int:
         res["supervision"] = card["training"]["supervision"]
         res["validation"] = {k: v for k, v in card["validation"].items() if k.startswith("val_")}
         results[mode] = res
-        print(mode, json.dumps({k: v for k, v in res.items() if k != "risk_coverage"}, default=str), flush=True)
+        print(
+            mode, json.dumps({k: v for k, v in res.items() if k != "risk_coverage"}, default=str), flush=True
+        )
         (work / "weak.json").write_text(json.dumps(results, indent=1, default=str))
     plot_reliability(work / "reliability-patient.png", rel, n_bins=5, title="Test site, patient level")
     plot_risk_coverage(work / "risk-coverage.png", risk, target_accuracy=0.95, title="Test site patients")
+    print(render(results, args.md))
     return 0
 
 

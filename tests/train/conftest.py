@@ -87,3 +87,29 @@ def phantom_heldout(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def write_phantoms() -> object:
     """The phantom-set writer itself (tests in importlib mode cannot import this module)."""
     return write_phantom_set
+
+
+def heldout_slices(classifier_dir: Path, manifest: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Slice truth and predicted classes of every study of ``manifest``, through the bundle's own
+    preprocessing (``SliceClassifier.predict_volume`` with the studies' ground-truth lung masks)."""
+    from covidct.classify import SliceClassifier
+    from covidct.data.manifest import read_manifest
+    from covidct.data.records import slice_classes
+    from covidct.io import load_study
+
+    clf = SliceClassifier.from_bundle(classifier_dir)
+    ys, preds = [], []
+    for rec in read_manifest(manifest):
+        vol = load_study(rec.path)
+        mask = np.asarray(load_study(rec.mask_path).hu).astype(np.uint8)  # type: ignore[arg-type]
+        truth = slice_classes(rec, vol.n_slices)
+        assert truth is not None
+        ys.append(truth)
+        preds.append(clf.predict_volume(vol, mask).argmax(1))
+    return np.concatenate(ys), np.concatenate(preds)
+
+
+@pytest.fixture
+def predict_heldout() -> object:
+    """:func:`heldout_slices` (tests in importlib mode cannot import this module)."""
+    return heldout_slices

@@ -109,12 +109,8 @@ def test_bad_weak_settings_name_the_option(kw: dict[str, object], match: str, tm
 
 @pytest.mark.slow
 def test_patient_labels_alone_teach_the_slices(
-    tmp_path: Path, phantom_train: Path, phantom_heldout: Path
+    tmp_path: Path, phantom_train: Path, phantom_heldout: Path, predict_heldout: object
 ) -> None:
-    from covidct.classify import SliceClassifier
-    from covidct.data.manifest import read_manifest
-    from covidct.data.records import slice_classes
-    from covidct.io import load_study
     from covidct.train import train_classifier
 
     rows = list(csv.DictReader(phantom_train.open()))
@@ -154,15 +150,6 @@ def test_patient_labels_alone_teach_the_slices(
     assert val["patients"] == 3 and 0 <= val["patient_accuracy"] <= 1
     conf = card["confidence"]
     assert conf["patient_temperature"] > 0 and conf["fitted"]["patients"] == 3
-    clf = SliceClassifier.from_bundle(out)
-    ys, preds = [], []
-    for rec in read_manifest(phantom_heldout):
-        vol = load_study(rec.path)
-        mask = np.asarray(load_study(rec.mask_path).hu).astype(np.uint8)  # type: ignore[arg-type]
-        truth = slice_classes(rec, vol.n_slices)
-        assert truth is not None
-        ys.append(truth)
-        preds.append(clf.predict_volume(vol, mask).argmax(1))
-    y, p = np.concatenate(ys), np.concatenate(preds)
+    y, p = predict_heldout(out, phantom_heldout)  # type: ignore[operator]
     recall = [float(np.mean(p[y == c] == c)) for c in range(3)]
     assert float(np.mean(y == p)) > 0.6 and min(recall) > 0.4, recall  # chance: 1/3
