@@ -269,8 +269,15 @@ def main() -> int:
     work = args.work.resolve()
     train_dir, test_dir = cohorts(work, args)
     man = manifests(train_dir, work, args.label_fraction, args.seed)
-    results: dict[str, Any] = {"settings": vars(args) | {"work": str(work)}, "slice_labels_kept": man["kept"]}
-    splits: Path | None = None
+    settings = {k: v for k, v in vars(args).items() if k not in ("modes", "md", "render", "work")}
+    results: dict[str, Any] = {"settings": settings | {"work": str(work)}, "slice_labels_kept": man["kept"]}
+    saved = work / "weak.json"
+    if saved.is_file():  # runs of other modes with the same settings are kept (one table)
+        old = json.loads(saved.read_text())
+        if old.get("settings") == results["settings"]:
+            results = old | results
+    first = work / next(iter(MODES)) / "classifier" / "training" / "splits.csv"
+    splits: Path | None = first if first.is_file() else None  # one patient split for every mode
     rel, risk = {}, {}
     for mode in args.modes.split(","):
         model_dir = work / mode
@@ -288,7 +295,7 @@ def main() -> int:
         print(
             mode, json.dumps({k: v for k, v in res.items() if k != "risk_coverage"}, default=str), flush=True
         )
-        (work / "weak.json").write_text(json.dumps(results, indent=1, default=str))
+        saved.write_text(json.dumps(results, indent=1, default=str))
     plot_reliability(work / "reliability-patient.png", rel, n_bins=5, title="Test site, patient level")
     plot_risk_coverage(work / "risk-coverage.png", risk, target_accuracy=0.95, title="Test site patients")
     print(render(results, args.md))

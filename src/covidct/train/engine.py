@@ -200,8 +200,12 @@ def recalibrate_batchnorm(
     seed: int,
     device: torch.device,
     collate: Callable[[list[Any]], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    item_sizes: np.ndarray | None = None,
 ) -> None:
     """Recompute BatchNorm running statistics as exact averages over ``batches`` random training batches.
+
+    With items of several slices (``item_sizes``, joined by ``collate``) a batch holds up to ``batch_size``
+    slices, as a training step does, so the recalibration costs the same in every supervision mode.
 
     The running averages that training keeps (momentum 0.1) mix statistics of earlier, different weights; in
     short trainings the eval-mode network then differs from the train-mode one (measured here: a ResNet-18
@@ -216,16 +220,15 @@ def recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None  # cumulative average
     g = torch.Generator().manual_seed(seed)
-    order = torch.randperm(len(dataset), generator=g)[: batches * batch_size].tolist()
+    order = torch.randperm(len(dataset), generator=g)[: batches * batch_size].numpy()
     was_training = model.training
     model.train()
     with torch.no_grad():
-        for i in range(0, len(order), batch_size):
-            chunk = order[i : i + batch_size]
-            if len(chunk) < 2:  # train-mode BatchNorm needs two samples
-                break
-            items = [dataset[j] for j in chunk]
+        for chunk in batches_of(order, batch_size, item_sizes, batches):
+            items = [dataset[int(j)] for j in chunk]
             x = collate(items)[0] if collate is not None else torch.stack([it[0] for it in items])
+            if x.shape[0] < 2:  # train-mode BatchNorm needs two samples
+                break
             model(x.to(device))
     for m, mom in zip(bns, momenta, strict=True):
         m.momentum = mom
@@ -372,6 +375,7 @@ def fit(
             seed=cfg.seed * 1009 + epoch,
             device=device,
             collate=task.collate,
+            item_sizes=task.item_sizes,
         )
         model.eval()
         metrics = task.evaluate(model, device)
