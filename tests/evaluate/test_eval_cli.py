@@ -25,7 +25,8 @@ def test_evaluate_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     csv_path.write_text(PREDS)
     out = tmp_path / "out"
     assert main(["evaluate", "--predictions", str(csv_path), "-o", str(out), "--bootstrap", "50"]) == 0
-    assert "accuracy 50.00% (2/4)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "accuracy 50.00% (2/4)" in printed and "calibration (patients): ECE 0.375" in printed
     m = json.loads((out / "metrics.json").read_text())
     assert m["patient"]["confusion_matrix"] == [[1, 0, 0], [0, 0, 1], [1, 0, 1]]
     # Table 2 recomputed from the slices: d has 2 COVID-19 of 7 kept slices (28.6% > 20%) -> covid19
@@ -33,6 +34,12 @@ def test_evaluate_predictions(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert m["ablation"]["variants"]["full"]["accuracy"]["numerator"] == 3
     assert m["ablation"]["variants"]["no_rule"]["accuracy"]["numerator"] == 2
     assert m["timing"]["total_s"] == 42.0
+    # calibration of the patient scores as given: Brier and ECE by hand (confidence = score of the prediction)
+    cal = m["calibration"]
+    assert cal["patient"]["n"] == 4 and cal["patient"]["before"]["brier"] == pytest.approx(0.4)
+    assert cal["patient"]["before"]["ece"] == pytest.approx((0.2 * 2 + 0.5 + 0.6) / 4)
+    assert (out / "reliability_patient.png").stat().st_size > 1000 and (out / "risk_coverage.png").is_file()
+    assert "## Calibration and referral" in (out / "summary.md").read_text()
     assert (out / "confusion_patient.png").stat().st_size > 1000
     assert "Full method (truncation + rule) | 75.00% (3/4)" in (out / "summary.md").read_text()
 

@@ -76,6 +76,10 @@ def _print_summary(metrics: dict[str, Any], out: Path) -> None:
         print(clean_shift_line(metrics["clean_shift"]))
     if metrics.get("probe"):
         print(probe_line(metrics["probe"]))
+    if metrics.get("calibration"):
+        from covidct.evaluate.referral import calibration_line
+
+        print(calibration_line(metrics["calibration"]))
     print(f"written: {out / 'metrics.json'}, {out / 'summary.md'}")
 
 
@@ -92,7 +96,20 @@ def run(args: argparse.Namespace) -> int:
         from covidct.evaluate.report import write_evaluation
 
         records = read_predictions(args.predictions)
-        metrics = write_evaluation(records, out, n_boot=args.bootstrap, seed=args.seed)
+        section = None
+        if records and all(r.scores is not None for r in records):
+            import numpy as np
+
+            from covidct.evaluate.referral import scores_section
+
+            out.mkdir(parents=True, exist_ok=True)
+            section = scores_section(
+                np.array([r.scores for r in records]),
+                np.array([r.truth for r in records]),
+                np.array([r.prediction for r in records]),
+                out,
+            )
+        metrics = write_evaluation(records, out, n_boot=args.bootstrap, seed=args.seed, calibration=section)
     else:
         if not args.model:
             raise ConfigError("--data needs --model MODEL_DIR (the pipeline folder to diagnose with)")

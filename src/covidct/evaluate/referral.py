@@ -35,7 +35,7 @@ from covidct.evaluate.calibration import (
     top_label,
 )
 
-__all__ = ["ScoredStudy", "calibration_markdown", "calibration_section"]
+__all__ = ["ScoredStudy", "calibration_line", "calibration_markdown", "calibration_section", "scores_section"]
 
 FILES = {
     "slice": "reliability_slice.png",
@@ -156,6 +156,51 @@ def calibration_section(
     return _json_ready(section)
 
 
+def scores_section(
+    scores: np.ndarray, truth: np.ndarray, prediction: np.ndarray, out_dir: Path, *, n_bins: int = 10
+) -> dict[str, Any]:
+    """The section for a predictions CSV with patient scores (``p_normal,p_cap,p_covid19``): ECE, Brier,
+    reliability and risk-coverage of the scores as given (no temperatures, no threshold: 'after' = 'before')."""
+    p = _clean(np.asarray(scores, dtype=np.float64))
+    truth, prediction = np.asarray(truth, dtype=np.int64), np.asarray(prediction, dtype=np.int64)
+    conf, correct = p[np.arange(len(p)), prediction], prediction == truth
+    scored = {"ece": expected_calibration_error(conf, correct, n_bins=n_bins), "brier": brier_score(p, truth)}
+    plot_reliability(out_dir / FILES["patient"], {"scores": (conf, correct)}, n_bins=n_bins, title="Patients")
+    plot_risk_coverage(out_dir / FILES["risk_coverage"], {"patients": (conf, correct)}, target_accuracy=0.95)
+    curve = risk_coverage(conf, correct)
+    section = {
+        "fitted": False,
+        "temperatures": {"slice": 1.0, "patient": 1.0},
+        "patient": {"n": len(p), "accuracy": float(correct.mean()), "before": scored, "after": scored},
+        "referral": {
+            "threshold": None,
+            "target_accuracy": 0.95,
+            "referred": 0,
+            "accepted": len(p),
+            "accepted_accuracy": float(correct.mean()),
+            "best_on_this_cohort": referral_threshold(conf, correct, target_accuracy=0.95),
+            "risk_coverage": {k: [round(float(v), 6) for v in vals] for k, vals in curve.items()},
+        },
+        "files": {"patient": FILES["patient"], "risk_coverage": FILES["risk_coverage"]},
+        "source": "the predictions CSV's p_normal, p_cap, p_covid19 (confidence: the score of the prediction)",
+    }
+    return _json_ready(section)
+
+
+def calibration_line(section: Mapping[str, Any]) -> str:
+    """One line for the terminal: patient ECE before/after and what the threshold referred."""
+    pat, r = section["patient"], section["referral"]
+    text = f"calibration (patients): ECE {_f(pat['before']['ece'])}"
+    if section["fitted"]:
+        text += f" -> {_f(pat['after']['ece'])} with the fitted temperatures"
+    if r["threshold"] is None:
+        return text + "; no referral threshold"
+    return (
+        text
+        + f"; referred {r['referred']} of {pat['n']}, accuracy of the accepted {_f(r['accepted_accuracy'])}"
+    )
+
+
 def _json_ready(obj: Any) -> Any:
     """NaN -> None (the evaluation's "undefined" is null), infinity -> "inf" (strict JSON has neither)."""
     if isinstance(obj, dict):
@@ -188,6 +233,8 @@ def calibration_markdown(section: Mapping[str, Any]) -> str:
             f"Temperatures fitted on the model's validation split: slice {t['slice']:.3g}, patient "
             f"{t['patient']:.3g}."
             if section["fitted"]
+            else f"Scored as given: {section['source']}; 'after' equals 'before'."
+            if section.get("source")
             else "The model has no fitted temperatures (an older bundle): 'after' equals 'before'."
         ),
         "",
