@@ -211,7 +211,7 @@ def render(results: dict[str, Any], md: Path) -> str:
         "",
         "| training | test slice AUC | test patients right | slice ECE before / after | patient ECE before / "
         "after | patient Brier before / after | T slice, T patient | refer below (validation) | referred | "
-        "accuracy of the accepted | train s |",
+        "accuracy of the accepted | train s (wall time; other jobs ran beside some runs) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode in MODES:
