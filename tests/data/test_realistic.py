@@ -181,3 +181,20 @@ def test_lesion_folder_mask_follows_each_images_window() -> None:
     lungs = x[x > 0]
     # healthy lung -> about -860 HU -> (1200 - 860) / 1200 = 0.28 in the lung window
     assert abs(float(np.median(lungs)) - 0.283) < 0.03
+
+
+def test_lesion_folder_trains_the_classifier_as_covid19_slices(tmp_path: Path) -> None:
+    """A COVID-SemiSeg-layout folder is a classifier source: infected slices are COVID-19, clean ones normal."""
+    from covidct.train.data import is_lesion_folder, lesion_folder_studies
+
+    root = write_donors(tmp_path / "d")
+    rng = np.random.default_rng(1)
+    clean = np.clip(np.full((96, 96), 50.0) + rng.normal(0, 3, (96, 96)), 0, 255).astype(np.uint8)
+    Image.fromarray(clean).save(root / "Imgs" / "clean.jpg")
+    Image.fromarray(np.zeros((96, 96), np.uint8)).save(root / "GT" / "clean.png")
+    assert is_lesion_folder(root) and not is_lesion_folder(tmp_path)
+    studies = lesion_folder_studies(root, 32)
+    assert len(studies) == 1 and studies[0].record.diagnosis == "covid19"
+    st = studies[0]
+    assert st.x.shape == (13, 32, 32) and sorted(st.y.tolist()) == [0] + [2] * 12
+    assert st.record.has_slice_classes and st.record.case == "d-medseg"

@@ -22,6 +22,8 @@ from covidct.train.data import (
     SegmenterSource,
     image_folder_studies,
     is_image_folder,
+    is_lesion_folder,
+    lesion_folder_studies,
     prepare_study,
     read_sources,
     resolve_mask_source,
@@ -68,11 +70,15 @@ def load_split_studies(
             f"{len(weights)} source weights for {len(cfg.data)} --data sources: give one per source"
         )
     for src, w in zip(cfg.data, weights, strict=True):
-        if allow_images and is_image_folder(Path(src)):
-            studies = image_folder_studies(Path(src), cfg.image_size)
+        if allow_images and (is_image_folder(Path(src)) or is_lesion_folder(Path(src))):
+            studies = (
+                image_folder_studies(Path(src), cfg.image_size)
+                if is_image_folder(Path(src))
+                else lesion_folder_studies(Path(src), cfg.image_size)
+            )
             in_memory.extend(studies)
             found = [s.record for s in studies]
-        elif is_image_folder(Path(src)):
+        elif is_image_folder(Path(src)) or is_lesion_folder(Path(src)):
             raise InputError(f"{src}: slice-image folders train the classifier only (no lung masks to learn)")
         else:
             found = read_sources([Path(src)])

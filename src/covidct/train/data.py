@@ -263,6 +263,35 @@ def image_folder_studies(root: Path, image_size: int) -> list[CachedStudy]:
     return out
 
 
+def is_lesion_folder(path: Path) -> bool:
+    """A 2-D slice folder with lesion masks (``ROOT/Imgs`` + ``ROOT/GT``, the COVID-SemiSeg layout)."""
+    return (Path(path) / "Imgs").is_dir() and (Path(path) / "GT").is_dir()
+
+
+def lesion_folder_studies(root: Path, image_size: int, *, min_infected_px: int = 200) -> list[CachedStudy]:
+    """A lesion folder of COVID-19 slices as in-memory 'studies' (one per patient of
+    :func:`covidct.data.lesionfolder.patient_of`): a slice whose mask marks at least ``min_infected_px``
+    pixels is an infected COVID-19 slice, any other a clean slice of a COVID-19 patient (normal), as the
+    paper labels slices; inputs from :func:`~covidct.data.lesionfolder.classifier_inputs_from_image`."""
+    from covidct.data.lesionfolder import lesion_folder_inputs, patient_of
+
+    x, infected, names = lesion_folder_inputs(
+        root, image_size=image_size, split="all", min_infected_px=min_infected_px
+    )
+    by_patient: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        by_patient.setdefault(patient_of(name), []).append(i)
+    out = []
+    for patient, rows in sorted(by_patient.items()):
+        flags = infected[rows].astype(np.uint8)
+        rec = StudyRecord(case=f"{Path(root).name}-{patient}", path=Path(root), diagnosis="covid19")
+        rec.slice_labels = flags
+        rec.extra["key"] = f"{Path(root).resolve()}::{patient}"
+        y = np.where(flags > 0, 2, 0).astype(np.int64)
+        out.append(CachedStudy(rec, x[rows, 0].astype(np.float16), y, np.arange(len(rows))))
+    return out
+
+
 def is_image_folder(path: Path) -> bool:
     """A folder whose class sub-folders hold PNG/JPG files directly or one level down."""
     from covidct.data.imagefolder import IMAGE_SUFFIXES, _class_of
