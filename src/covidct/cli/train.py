@@ -32,7 +32,8 @@ def _common(p: argparse.ArgumentParser, *, size: int, batch: int) -> None:
         action="append",
         required=True,
         metavar="PATH",
-        help="COVID-CT-MD-layout folder, synthetic cohort or manifest .csv (repeat for several sources)",
+        help="COVID-CT-MD-layout folder, synthetic cohort or manifest .csv; for the classifier also a slice-image "
+        "folder or a lesion folder (Imgs/ + GT/) (repeat for several sources)",
     )
     p.add_argument("-o", "--output", metavar="MODEL_DIR", default=None, help="bundle folder to write")
     p.add_argument(
