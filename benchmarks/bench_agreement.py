@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-real", action="store_true", help="leave out the real series of ../shared/data")
     args = ap.parse_args(argv)
 
-    from covidct.bundle import load_pipeline
     from covidct.classify.backends import make_runner, unavailable_reason
+    from covidct.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model_dir)
     clf = pipe.classifier

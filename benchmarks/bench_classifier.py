@@ -30,7 +30,7 @@ QUICK_BACKENDS = ("torch", "channels_last", "onnx", "onnx-int8", "openvino", "op
 def build_network(arch: str = "resnet50", *, model_dir: Path | None = None) -> tuple[nn.Module, str]:
     """The classifier network (trained weights from a bundle when given) and where it came from."""
     if model_dir is not None:
-        from covidct.bundle import load_pipeline
+        from covidct.pipeline import load_pipeline
 
         pipe = load_pipeline(model_dir)
         return pipe.classifier.network.eval(), f"trained bundle {model_dir}"

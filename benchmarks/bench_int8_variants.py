@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationMethod
 
-    from covidct.bundle import load_pipeline
     from covidct.classify.backends import export_onnx, quantize_int8
+    from covidct.pipeline import load_pipeline
 
     pipe = load_pipeline(args.model_dir)
     clf = pipe.classifier

@@ -15,7 +15,6 @@ from covidct.bundle import (
     check_rule,
     json_safe,
     load_component,
-    load_pipeline,
     read_card,
     save_component,
     write_card,
@@ -25,6 +24,7 @@ from covidct.classify import SliceClassifier
 from covidct.classify.networks import build_classifier
 from covidct.errors import ConfigError, ModelError
 from covidct.io.volume import CTVolume
+from covidct.pipeline import load_pipeline
 from covidct.segment.unet import UNetSegmenter, build_segmenter
 
 SIZE = 32

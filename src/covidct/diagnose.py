@@ -161,8 +161,8 @@ class Diagnoser:
     def _load_pipeline(self, backend: str) -> Any:
         """Both networks on ONNX Runtime without torch (CPU, ``backend="auto"``, the bundle's exports present
         and current; written once here when the model folder is writable), else the PyTorch pipeline."""
-        from covidct.bundle import load_pipeline
         from covidct.infer.onnx import ExportMismatch, light_pipeline_reason, onnxruntime_available
+        from covidct.pipeline import load_pipeline
 
         self.torch_free = False
         if self.device != "cpu" or backend != "auto" or not onnxruntime_available():

@@ -353,7 +353,8 @@ def test_lesion_gate_without_a_lesion_model_names_the_fix(tiny_model_dir: Path) 
 def test_card_lesion_gate_is_checked(tiny_model_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from covidct.bundle import load_pipeline, read_card, write_card
+    from covidct.bundle import read_card, write_card
+    from covidct.pipeline import load_pipeline
 
     model = tmp_path / "model"
     shutil.copytree(tiny_model_dir, model)

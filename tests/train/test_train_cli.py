@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from covidct.bundle import load_pipeline
 from covidct.cli.main import main
+from covidct.pipeline import load_pipeline
 
 pytestmark = pytest.mark.slow
 

@@ -14,10 +14,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from covidct.bundle import load_pipeline
 from covidct.classify import SliceClassifier
 from covidct.data.manifest import read_manifest
 from covidct.io import load_study
+from covidct.pipeline import load_pipeline
 from covidct.segment.quality import dice
 from covidct.train import ClassifierConfig, SegmenterConfig, train_classifier, train_segmenter
 
