@@ -203,3 +203,28 @@ def test_diagnose_lesions_flag_adds_involvement_and_mask(
     assert lesions.shape == chest.volume.shape and (lesions > 0).any()
     assert main([*args, "--no-strip", "--json", "--no-progress"]) == 0
     assert "involvement" not in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_train_lesions_on_two_ddp_processes(lesion_folder: Path, tmp_path: Path) -> None:
+    """Lesion training through the same DDP path as the classifier's: two CPU processes on gloo, one bundle
+    written by rank 0, and only rank 0 reports its epochs."""
+    import os
+    import subprocess
+    import sys
+
+    pseudo = write_lesion_folder(tmp_path / "pseudo", 4, binary=True)
+    out = tmp_path / "ddp"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "covidct", "train", "lesions", "--data", str(lesion_folder), "--pseudo", str(pseudo),
+        "-o", str(out), "--epochs", "2", "--steps-per-epoch", "2", "--batch-size", "4", "--image-size", "32",
+        "--device", "cpu", "--no-progress", "--seed", "1",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    card = json.loads((out / "model.json").read_text())
+    assert card["training"]["world_size"] == 2 and card["training"]["epochs_run"] == 2
+    assert proc.stderr.count("epoch 2:") == 1  # rank 1 logs warnings only
+    assert LesionSegmenter.from_bundle(out).image_size == 32

@@ -12,6 +12,7 @@ import argparse
 import errno
 import importlib
 import logging
+import os
 import signal
 import sys
 import threading
@@ -66,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.DEBUG if verbose >= 2 else logging.INFO
+    if os.environ.get("RANK", "0") not in ("", "0") and verbose < 2:
+        level = logging.WARNING  # distributed training: only rank 0 reports progress, every rank its problems
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if verbose < 2:
         for noisy in (
