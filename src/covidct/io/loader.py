@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from covidct.errors import InputError
-from covidct.io import dicom
+from covidct.io import dicom, dicom_headers
 from covidct.io.formats import canonicalize, read_volume_image, safe_extract_zip, volume_format
 from covidct.io.volume import CTVolume, SliceInfo, StudyMeta
 
@@ -61,7 +61,7 @@ class Study:
         self,
         source: str,
         *,
-        series: dicom.Series | None = None,
+        series: dicom_headers.Series | None = None,
         volume: CTVolume | None = None,
         workers: int | None = None,
         tmpdir: tempfile.TemporaryDirectory[str] | None = None,
@@ -247,7 +247,10 @@ def _shared_pool(n_workers: int, ctx: Any) -> ProcessPoolExecutor:
         pool = _POOLS.get(n_workers)
         if pool is None:
             pool = ProcessPoolExecutor(
-                max_workers=n_workers, mp_context=ctx, initializer=dicom.init_worker, initargs=(os.getpid(),)
+                max_workers=n_workers,
+                mp_context=ctx,
+                initializer=dicom_headers.init_worker,
+                initargs=(os.getpid(),),
             )
             _POOLS[n_workers] = pool
         return pool
@@ -396,10 +399,10 @@ def _parallel(fn: Any, chunks: list[Any], n_workers: int, what: str) -> Iterator
 
 
 def _read_headers(files: list[str], workers: int | None) -> list[Any]:
-    """``dicom.read_header`` of every file, in order; in the shared pool when there are many files."""
+    """``dicom_headers.read_header`` of every file, in order; in the shared pool when there are many files."""
     n = _n_workers(workers, len(files))
     if n > 1:
-        chunks = _parallel(dicom.read_headers, _chunks(files, n), n, "reading headers")
+        chunks = _parallel(dicom_headers.read_headers, _chunks(files, n), n, "reading headers")
         if chunks is not None:
             try:
                 return [h for chunk in chunks for h in chunk]
@@ -407,10 +410,12 @@ def _read_headers(files: list[str], workers: int | None) -> list[Any]:
                 if _STOPPED.is_set():
                     raise
                 log.warning("parallel header reading unavailable (%s); reading serially", exc)
-    return dicom.read_headers(files)
+    return dicom_headers.read_headers(files)
 
 
-def _decode(refs: list[dicom.SliceRef], *, workers: int | None, progress: bool) -> list[np.ndarray | str]:
+def _decode(
+    refs: list[dicom_headers.SliceRef], *, workers: int | None, progress: bool
+) -> list[np.ndarray | str]:
     """Decode ``refs`` in order, serially or with a process pool of ``workers`` (None = automatic)."""
     jobs = dicom.group_by_file(refs)
     n_workers = _n_workers(workers, len(jobs))
@@ -456,7 +461,7 @@ def open_study(
         raise InputError(f"{p}: no such file or folder; check the path")
     if p.is_dir():
         ignored: list[str] = []
-        files = dicom.find_files(p, ignored)
+        files = dicom_headers.find_files(p, ignored)
         if not files and not ignored:
             raise InputError(
                 f"{p}: the folder is empty (no files); give a folder of DICOM files of one CT study"
@@ -497,7 +502,7 @@ def _open_zip(p: Path, workers: int | None, series: str | None = None) -> Study:
     try:
         root = safe_extract_zip(p, tmp.name)
         ignored: list[str] = []
-        files = dicom.find_files(root, ignored)
+        files = dicom_headers.find_files(root, ignored)
         if not files and not ignored:
             raise InputError(f"{p}: the zip archive holds no files; zip the folder of one DICOM series")
 
