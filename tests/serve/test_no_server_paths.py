@@ -96,12 +96,12 @@ def test_public_message_rewrites_every_spelling_of_the_job_folder(tmp_path: Path
 def test_a_service_fault_while_storing_the_upload_answers_500_without_paths(
     make_app: Callable[..., Any], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import covidct.serve.app as app_module
+    import covidct.serve.uploads as uploads_module
 
     def disk_full(head: bytes) -> str:
         raise OSError(28, "No space left on device", "/tmp/covidct-serve-x/job/input/upload.partial")
 
-    monkeypatch.setattr(app_module, "sniff", disk_full)
+    monkeypatch.setattr(uploads_module, "sniff", disk_full)
     caplog.set_level("DEBUG", logger="covidct.serve")
     with TestClient(make_app()) as client:
         resp = _post(client, b"anything at all")

@@ -15,7 +15,7 @@ Endpoints (all under ``/v1`` need ``Authorization: Bearer <token>`` when a token
 Upload size is limited (413); a malformed multipart body is a 400 with the reason; zips and gzip uploads are
 refused before extraction by size, per-file size and compression ratio (bombs), and extracted with traversal
 checks. Jobs run in a bounded worker pool, and each study's data is deleted ``retention_minutes`` after it
-finished. Every response carries hardening headers (:func:`security_headers`: nosniff, no framing, a CSP;
+finished. Every response carries hardening headers (:mod:`covidct.serve.security`: nosniff, no framing, a CSP;
 ``Cache-Control: no-store`` on everything under ``/v1``).
 """
 
@@ -29,27 +29,27 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import MutableHeaders, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message
 
 from covidct import __version__
 from covidct._files import atomic_write_bytes
 from covidct.bundle import json_safe
 from covidct.errors import InputError
-from covidct.io import safe_extract_zip
 from covidct.registry import CLASS_NAMES, DISPLAY_NAMES, LUNG_WINDOW, MEDIASTINAL_WINDOW
 from covidct.report.images import check_index
 from covidct.serve.jobs import DONE, FAILED, Job, JobStore, QueueFull
-from covidct.serve.uploads import SAVED_NAMES, UnsupportedUpload, check_gzip_size, sniff
+from covidct.serve.security import SecurityHeaders
+from covidct.serve.settings import ServeSettings
+from covidct.serve.uploads import UnsupportedUpload, UploadTooLarge, save_upload
 
 if TYPE_CHECKING:
     from covidct.diagnose import StudyResult
@@ -60,155 +60,6 @@ log = logging.getLogger(__name__)
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _MULTIPART_SLACK = 64 * 1024  # multipart boundaries and headers on top of the file itself
 _WINDOWS = {"lung": LUNG_WINDOW, "mediastinal": MEDIASTINAL_WINDOW}
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    """Service limits. Sizes in MiB, retention in minutes; ``token`` None = no authentication."""
-
-    token: str | None = None
-    max_upload_mb: float = 1024.0
-    workers: int = 1
-    max_pending: int = 32
-    retention_minutes: float = 60.0
-    work_dir: Path | None = None
-    max_unzipped_mb: float = 4096.0
-    max_zip_files: int = 10000
-    #: One member of a zip (or a gzip upload) may not expand past this (MiB) ...
-    max_zip_member_mb: float = 2048.0
-    #: ... nor, past 16 MiB, more than this many times its compressed size (DICOM deflates 2-10x).
-    max_zip_ratio: float = 100.0
-    #: Keep jobs in ``work_dir/jobs`` across restarts (accepted uploads are on disk with their state before
-    #: 202; a restart resumes them); without it each start has a fresh folder, removed at shutdown.
-    durable: bool = False
-    #: Finished studies kept on disk in all (MiB): past it the oldest are deleted before their retention ends.
-    max_kept_mb: float = 10240.0
-
-    def __post_init__(self) -> None:
-        if self.max_upload_mb <= 0 or self.max_unzipped_mb <= 0 or self.max_zip_member_mb <= 0:
-            raise ValueError("upload and unzipped size limits must be positive (MiB)")
-        if self.max_kept_mb <= 0:
-            raise ValueError(f"the storage limit must be positive MiB, got {self.max_kept_mb}")
-        if self.max_zip_ratio <= 1:
-            raise ValueError(f"the compression ratio limit must be above 1, got {self.max_zip_ratio}")
-        if self.workers < 1 or self.max_pending < 1 or self.max_zip_files < 1:
-            raise ValueError("workers, max_pending and max_zip_files must be >= 1")
-        if self.retention_minutes <= 0:
-            raise ValueError(f"retention must be positive minutes, got {self.retention_minutes}")
-        if self.durable and self.work_dir is None:
-            raise ValueError("durable jobs need a work_dir (--work-dir) to find them again after a restart")
-        if self.token is not None and len(self.token.strip()) < 8:
-            raise ValueError("the bearer token must be at least 8 characters")
-
-
-class _UploadTooLarge(Exception):
-    pass
-
-
-def _save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
-    """Copy the uploaded file into the job's ``input`` folder, sniff it, extract zips; returns the source."""
-    limit = int(settings.max_upload_mb * (1 << 20))
-    folder = job.dir / "input"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    tmp = folder / "upload.partial"
-    size = 0
-    with open(tmp, "wb") as out:
-        while chunk := src.read(1 << 20):
-            size += len(chunk)
-            if size > limit:
-                raise _UploadTooLarge
-            out.write(chunk)
-    if size == 0:
-        raise InputError("the upload is empty; send the study file in the multipart field 'file'")
-    with open(tmp, "rb") as fh:
-        head = fh.read(512)
-    kind = sniff(head)
-    saved = folder / SAVED_NAMES[kind]
-    tmp.replace(saved)
-    job.upload_bytes, job.kind = size, kind
-    max_unzipped = int(settings.max_unzipped_mb * (1 << 20))
-    if kind == "zip":
-        study = safe_extract_zip(
-            saved,
-            folder / "study",
-            max_bytes=max_unzipped,
-            max_files=settings.max_zip_files,
-            max_member_bytes=int(settings.max_zip_member_mb * (1 << 20)),
-            max_ratio=settings.max_zip_ratio,
-        )
-        saved.unlink()
-        return Path(study)
-    if kind == "nifti-gz":
-        check_gzip_size(
-            saved,
-            max_bytes=min(max_unzipped, int(settings.max_zip_member_mb * (1 << 20))),
-            max_ratio=settings.max_zip_ratio,
-        )
-    return saved
-
-
-#: Content-Security-Policy of the viewer and the API: only this origin's scripts, styles and connections;
-#: images from this origin or the viewer's blob: URLs; never framed.
-APP_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-    "connect-src 'self'; font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-#: The self-contained HTML report: inline styles and data: images, no scripts at all.
-REPORT_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src data:; base-uri 'none'; frame-ancestors 'none'"
-)
-#: FastAPI's Swagger UI and ReDoc pages load their assets from the jsDelivr CDN (and start with an inline
-#: script); only these pages get that allowance.
-DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.googleapis.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; font-src https://fonts.gstatic.com; "
-    "connect-src 'self'; worker-src blob:; base-uri 'none'; frame-ancestors 'none'"
-)
-_DOCS_PATHS = ("/docs", "/docs/oauth2-redirect", "/redoc")
-
-
-def security_headers(path: str) -> dict[str, str]:
-    """The hardening headers of a response to ``path`` (lower-case names)."""
-    if path in _DOCS_PATHS:
-        csp = DOCS_CSP
-    elif path.startswith("/v1/") and path.endswith("/report.html"):
-        csp = REPORT_CSP
-    else:
-        csp = APP_CSP
-    headers = {
-        "x-content-type-options": "nosniff",
-        "x-frame-options": "DENY",
-        "referrer-policy": "no-referrer",
-        "content-security-policy": csp,
-        "cross-origin-opener-policy": "same-origin",
-    }
-    if path.startswith("/v1/"):  # results and images carry patient data: no copy in any cache
-        headers["cache-control"] = "no-store"
-    return headers
-
-
-class SecurityHeaders:
-    """ASGI middleware adding :func:`security_headers` to every HTTP response (``Cache-Control`` replaced)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        extra = security_headers(str(scope.get("path", "")))
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                for name, value in extra.items():
-                    if name == "cache-control" or name not in headers:
-                        headers[name] = value
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
 
 
 _JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -438,7 +289,7 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
             message = await request.receive()
             received += len(message.get("body", b""))
             if received > limit + _MULTIPART_SLACK:
-                raise _UploadTooLarge
+                raise UploadTooLarge
             return message
 
         form = None
@@ -456,8 +307,8 @@ def create_app(diagnoser: Any, *, settings: ServeSettings | None = None) -> Fast
             upload = uploads[0] if uploads else None
             if not isinstance(upload, UploadFile):
                 raise InputError("no file in the request: send the study as multipart/form-data field 'file'")
-            job.source = await run_in_threadpool(_save_upload, upload.file, job, settings=settings)
-        except _UploadTooLarge:
+            job.source = await run_in_threadpool(save_upload, upload.file, job, settings=settings)
+        except UploadTooLarge:
             store.fail(job, too_large)
             raise HTTPException(413, too_large) from None
         except UnsupportedUpload as exc:

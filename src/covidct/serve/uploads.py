@@ -1,4 +1,4 @@
-"""Checks on uploaded studies: format sniffing and the gzip size limit.
+"""Uploaded studies: saving them within the size limit, format sniffing, zip extraction and the gzip size limit.
 
 Zips are extracted by :func:`covidct.io.safe_extract_zip` (traversal, link and bomb checks). Nothing here
 logs file names or contents: uploads may carry patient data.
@@ -8,8 +8,14 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 from covidct.errors import InputError
+from covidct.io import safe_extract_zip
+
+if TYPE_CHECKING:
+    from covidct.serve.jobs import Job
+    from covidct.serve.settings import ServeSettings
 
 #: Upload formats the service accepts, by sniffed kind -> file name the upload is saved under.
 SAVED_NAMES: dict[str, str] = {
@@ -76,3 +82,49 @@ def check_gzip_size(path: Path, *, max_bytes: int, max_ratio: float | None = Non
                     )
     except (OSError, EOFError) as exc:
         raise InputError(f"the gzip upload is corrupt ({exc.__class__.__name__})") from exc
+
+
+class UploadTooLarge(Exception):
+    """The upload went past ``max_upload_mb`` (HTTP 413)."""
+
+
+def save_upload(src: IO[bytes], job: Job, *, settings: ServeSettings) -> Path:
+    """Copy the uploaded file into the job's ``input`` folder, sniff it, extract zips; returns the source."""
+    limit = int(settings.max_upload_mb * (1 << 20))
+    folder = job.dir / "input"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    tmp = folder / "upload.partial"
+    size = 0
+    with open(tmp, "wb") as out:
+        while chunk := src.read(1 << 20):
+            size += len(chunk)
+            if size > limit:
+                raise UploadTooLarge
+            out.write(chunk)
+    if size == 0:
+        raise InputError("the upload is empty; send the study file in the multipart field 'file'")
+    with open(tmp, "rb") as fh:
+        head = fh.read(512)
+    kind = sniff(head)
+    saved = folder / SAVED_NAMES[kind]
+    tmp.replace(saved)
+    job.upload_bytes, job.kind = size, kind
+    max_unzipped = int(settings.max_unzipped_mb * (1 << 20))
+    if kind == "zip":
+        study = safe_extract_zip(
+            saved,
+            folder / "study",
+            max_bytes=max_unzipped,
+            max_files=settings.max_zip_files,
+            max_member_bytes=int(settings.max_zip_member_mb * (1 << 20)),
+            max_ratio=settings.max_zip_ratio,
+        )
+        saved.unlink()
+        return Path(study)
+    if kind == "nifti-gz":
+        check_gzip_size(
+            saved,
+            max_bytes=min(max_unzipped, int(settings.max_zip_member_mb * (1 << 20))),
+            max_ratio=settings.max_zip_ratio,
+        )
+    return saved
